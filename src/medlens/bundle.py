@@ -1,0 +1,226 @@
+"""Model bundles: weights that never travel without their contract, verified on every load.
+
+A bundle is a directory::
+
+    model.safetensors   weights (safetensors: tensors only, nothing is unpickled)
+    bundle.json         model spec, classes, task, preprocessing pipeline, versions,
+                        training-data fingerprint, intended use, creation time
+    recipe.yaml         the recipe it was trained from
+    metrics.json        held-out test metrics (added after evaluation)
+    SHA256SUMS          sha256 and size of every other file
+
+:func:`load_bundle` checks every hash and size before reading anything and refuses a bundle with a
+changed, missing, extra or truncated file, so serving applies exactly what was evaluated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import platform
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from medlens.errors import BundleError
+
+FORMAT = "medlens-bundle"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "bundle.json"
+SUMS = "SHA256SUMS"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("medlens", "torch", "timm", "numpy", "opencv-python-headless", "scikit-learn"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: dict[str, Any]
+    metrics: dict[str, Any] | None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.path.name))
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the whole bundle: the hash of its SHA256SUMS file."""
+        return _sha256(self.path / SUMS)
+
+    def build_model(self) -> Any:
+        """Rebuild the network from the spec and load the verified weights (strict)."""
+        from safetensors.torch import load_file
+
+        from medlens.models import create_model
+
+        spec = self.meta["model"]
+        model = create_model(
+            spec["name"],
+            num_classes=spec["num_classes"],
+            in_chans=spec["in_chans"],
+            pretrained=False,
+            **spec.get("kwargs", {}),
+        )
+        state = load_file(str(self.path / WEIGHTS))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise BundleError(
+                f"{self.path}: weights do not fit model {spec['name']!r}: {str(exc)[:300]}"
+            ) from None
+        return model.eval()
+
+
+def write_sums(path: Path) -> None:
+    lines = []
+    for f in sorted(p for p in path.iterdir() if p.is_file() and p.name != SUMS):
+        lines.append(f"{_sha256(f)}  {f.stat().st_size}  {f.name}")
+    (path / SUMS).write_text("\n".join(lines) + "\n")
+
+
+def save_bundle(
+    path: str | Path,
+    model: Any,
+    *,
+    name: str,
+    model_spec: dict[str, Any],
+    classes: list[str],
+    task: dict[str, Any],
+    preprocess: list[dict[str, Any]],
+    recipe_yaml: str,
+    data_fingerprint: dict[str, Any],
+    intended_use: str,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle atomically (to a temporary folder, then renamed into place)."""
+    from safetensors.torch import save_file
+
+    from medlens.preprocess import Pipeline
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS))
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": model_spec,
+        "classes": classes,
+        "task": task,
+        "preprocess": preprocess,
+        "preprocess_fingerprint": Pipeline.from_config(preprocess).fingerprint(),
+        "intended_use": intended_use,
+        "data_fingerprint": data_fingerprint,
+        "versions": library_versions(),
+        **(extra or {}),
+    }
+    (tmp / META).write_text(json.dumps(meta, indent=2))
+    (tmp / "recipe.yaml").write_text(recipe_yaml)
+    if metrics is not None:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_sums(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+def add_file(bundle_path: str | Path, name: str, content: str | bytes) -> None:
+    """Add or replace a file in a verified bundle and re-seal it."""
+    p = Path(bundle_path)
+    verify_bundle(p)
+    if name in (SUMS, WEIGHTS, META) or "/" in name or name.startswith("."):
+        raise BundleError(f"cannot add {name!r} to a bundle")
+    target = p / name
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content)
+    write_sums(p)
+
+
+def verify_bundle(path: str | Path) -> dict[str, str]:
+    """Check every file against SHA256SUMS; return {name: sha256}. Raises :class:`BundleError`."""
+    p = Path(path)
+    if not p.is_dir():
+        raise BundleError(f"bundle not found: {p} (give the folder `medlens train` wrote)")
+    sums = p / SUMS
+    if not sums.is_file():
+        raise BundleError(f"{p} is not a medlens bundle: {SUMS} is missing")
+    expected: dict[str, tuple[str, int]] = {}
+    for n, line in enumerate(sums.read_text().splitlines(), start=1):
+        parts = line.split()
+        if len(parts) != 3 or len(parts[0]) != 64 or not parts[1].isdigit():
+            raise BundleError(f"{sums}, line {n}: malformed entry; the bundle is damaged")
+        expected[parts[2]] = (parts[0], int(parts[1]))
+    present = {f.name for f in p.iterdir() if f.is_file() and f.name != SUMS}
+    if extra := sorted(present - expected.keys()):
+        raise BundleError(f"{p}: file(s) not listed in {SUMS}: {extra}; the bundle was changed")
+    for req in (WEIGHTS, META):
+        if req not in expected:
+            raise BundleError(f"{p}: {req} is not listed in {SUMS}; the bundle is incomplete")
+    out = {}
+    for name, (digest, size) in expected.items():
+        f = p / name
+        if not f.is_file():
+            raise BundleError(f"{p}: {name} is missing; the bundle is incomplete")
+        actual_size = f.stat().st_size
+        if actual_size != size:
+            raise BundleError(
+                f"{p}: {name} is {actual_size} bytes, expected {size}; it was truncated or changed"
+            )
+        if _sha256(f) != digest:
+            raise BundleError(f"{p}: {name} does not match its SHA-256; the bundle was changed")
+        out[name] = digest
+    return out
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Verify, then read a bundle's metadata. Weights are loaded by :meth:`Bundle.build_model`."""
+    p = Path(path)
+    verify_bundle(p)
+    try:
+        meta = json.loads((p / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{p / META}: not valid JSON: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{p}: not a medlens bundle (format={meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise BundleError(
+            f"{p}: bundle format {meta['format_version']} is newer than this medlens reads "
+            f"({FORMAT_VERSION}); upgrade medlens"
+        )
+    metrics = None
+    if (p / "metrics.json").is_file():
+        metrics = json.loads((p / "metrics.json").read_text())
+    return Bundle(p, meta, metrics)

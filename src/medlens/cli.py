@@ -1,0 +1,276 @@
+"""The ``medlens`` command.
+
+Every command reports a problem with the user's input as one message (no traceback) and exits
+with status 2; an interrupted training run is resumed by running the same command again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medlens.errors import MedlensError
+
+app = typer.Typer(
+    name="medlens",
+    help="From a folder of labelled scans to a calibrated, explainable, verified screening model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _setup_env() -> None:
+    # Offline by default: hub downloads fail fast instead of hanging; telemetry off.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _progress_enabled(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+@app.command()
+def phantoms(
+    kind: Annotated[str, typer.Argument(help="phantom kind, e.g. chest_xray")],
+    out: Annotated[Path, typer.Argument(help="output folder")],
+    n: Annotated[int, typer.Option(help="number of images")] = 600,
+    size: Annotated[int, typer.Option(help="image size in pixels")] = 128,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Generate a deterministic synthetic data set with lesion masks and a manifest CSV."""
+    from medlens.data.phantoms import generate_phantoms
+
+    manifest = generate_phantoms(kind, out, n=n, size=size, seed=seed)
+    console.print(f"wrote {n} {kind} phantoms; manifest: [bold]{manifest}[/]")
+
+
+@app.command()
+def train(
+    recipe: Annotated[str, typer.Argument(help="recipe YAML file or built-in name")],
+    data: Annotated[
+        Path | None, typer.Option(help="data folder, CSV or .npz (overrides the recipe)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="runs folder")] = Path("runs"),
+    epochs: Annotated[int | None, typer.Option(help="override train.epochs")] = None,
+    fresh: Annotated[bool, typer.Option(help="ignore earlier checkpoints and train again")] = False,
+    progress: Annotated[bool | None, typer.Option(help="show progress bars")] = None,
+) -> None:
+    """Train a recipe, evaluate it on its held-out test split and write a verified bundle."""
+    from medlens.recipes import load_recipe
+    from medlens.workflow import run_recipe
+
+    r = load_recipe(recipe)
+    if epochs is not None:
+        r.train.epochs = epochs
+    result = run_recipe(r, out, data=data, progress=_progress_enabled(progress), fresh=fresh)
+    _print_run(result)
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    data: Annotated[Path, typer.Argument(help="labelled data: class folders, CSV or .npz")],
+    out: Annotated[Path | None, typer.Option(help="write metrics JSON here")] = None,
+    progress: Annotated[bool | None, typer.Option(help="show progress bars")] = None,
+) -> None:
+    """Evaluate a bundle on a labelled data set (all of it is treated as held-out test data)."""
+    from medlens.data.manifest import load_manifest
+    from medlens.evaluate.metrics import confusion_table, metrics_table
+    from medlens.inference import Predictor
+    from medlens.recipes import parse_recipe
+    from medlens.workflow import evaluate_samples
+
+    predictor = Predictor.from_bundle(bundle)
+    import yaml
+
+    recipe = parse_recipe(
+        yaml.safe_load((predictor.bundle.path / "recipe.yaml").read_text()),
+        str(predictor.bundle.path / "recipe.yaml"),
+    )
+    manifest = load_manifest(recipe.data, data.expanduser().resolve(), predictor.classes)
+    metrics, _, errors = evaluate_samples(
+        predictor,
+        manifest.samples,
+        predictor.classes,
+        recipe.evaluate.batch_size,
+        _progress_enabled(progress),
+    )
+    metrics["unreadable"] = errors
+    console.print(metrics_table(metrics, f"{predictor.model_name} on {data}"))
+    console.print(confusion_table(metrics))
+    for path, reason in errors.items():
+        err_console.print(f"[yellow]skipped[/] {path}: {reason}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2))
+        console.print(f"metrics written to {out}")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    out: Annotated[Path | None, typer.Option(help="write predictions CSV here")] = None,
+    progress: Annotated[bool | None, typer.Option(help="show progress bars")] = None,
+) -> None:
+    """Predict images (files or folders); prints a table, optionally writes CSV."""
+    from medlens.data.io import is_supported
+    from medlens.inference import DISCLAIMER, Prediction, Predictor, write_predictions_csv
+
+    predictor = Predictor.from_bundle(bundle)
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and is_supported(f))
+        else:
+            files.append(p)
+    if not files:
+        raise MedlensError("no image files given (supported: PNG, JPEG, BMP, TIFF, DICOM, NIfTI)")
+    results = predictor.predict_many(files, progress=_progress_enabled(progress))
+    table = Table(title=f"Predictions — {predictor.model_name}", caption=DISCLAIMER)
+    table.add_column("image")
+    table.add_column("label")
+    table.add_column("confidence", justify="right")
+    for c in predictor.classes:
+        table.add_column(f"p({c})", justify="right")
+    n_err = 0
+    for f, r in zip(files, results, strict=True):
+        if isinstance(r, Prediction):
+            table.add_row(
+                str(f),
+                r.label,
+                f"{r.confidence:.3f}",
+                *[f"{r.probabilities[c]:.3f}" for c in predictor.classes],
+            )
+        else:
+            n_err += 1
+            table.add_row(str(f), "[red]unreadable[/]", "", *[""] * len(predictor.classes))
+            err_console.print(f"[red]error[/] {r}")
+    console.print(table)
+    if out is not None:
+        write_predictions_csv(results, files, predictor.classes, out)
+        console.print(f"predictions written to {out}")
+    if n_err == len(files):
+        raise typer.Exit(2)
+
+
+@app.command()
+def models(
+    pattern: Annotated[str | None, typer.Argument(help="wildcard, e.g. 'resnet*'")] = None,
+) -> None:
+    """List model names the registry can build (medlens's own, then timm's)."""
+    from medlens.models import list_models
+
+    for name in list_models(pattern):
+        console.print(name)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
+    n: Annotated[int, typer.Option(help="number of phantom images")] = 600,
+    size: Annotated[int, typer.Option(help="phantom size in pixels")] = 128,
+    epochs: Annotated[int | None, typer.Option(help="override the recipe's epochs")] = None,
+    fresh: Annotated[bool, typer.Option(help="train again even if a finished run exists")] = False,
+    progress: Annotated[bool | None, typer.Option(help="show progress bars")] = None,
+) -> None:
+    """The whole pipeline on chest X-ray phantoms: generate, train, evaluate, bundle, predict."""
+    import time
+
+    from medlens.inference import DISCLAIMER, Predictor
+    from medlens.recipes import load_recipe
+    from medlens.workflow import run_recipe
+
+    t0 = time.perf_counter()
+    recipe = load_recipe("chest_xray")
+    recipe.data.source = "phantoms"
+    recipe.data.phantoms.n, recipe.data.phantoms.size = n, size
+    if epochs is not None:
+        recipe.train.epochs = epochs
+    console.rule("[bold]medlens demo[/]: chest X-ray screening on phantoms")
+    result = run_recipe(recipe, out, progress=_progress_enabled(progress), fresh=fresh)
+    _print_run(result)
+
+    predictor = Predictor.from_bundle(result.bundle_dir)
+    rows = list(csvrows(result.run_dir / "test_predictions.csv"))
+    picks = []
+    for cls in recipe.task.classes:  # one test image per class
+        picks += [r for r in rows if r["true"] == cls][:1]
+    table = Table(
+        title="Three test images through a fresh Predictor loaded from the bundle",
+        caption=DISCLAIMER,
+    )
+    for col in ("image", "true", "predicted", "confidence"):
+        table.add_column(col)
+    for r in picks:
+        p = predictor.predict(r["source"])
+        table.add_row(Path(r["source"]).name, r["true"], p.label, f"{p.confidence:.3f}")
+    console.print(table)
+    console.print(
+        f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s — test macro-F1 "
+        f"[bold]{result.metrics['macro_f1']:.3f}[/] on {result.metrics['n']} held-out images; "
+        f"bundle: {result.bundle_dir}"
+    )
+
+
+def csvrows(path: Path):
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as fh:
+        yield from csv.DictReader(fh)
+
+
+def _print_run(result) -> None:  # type: ignore[no-untyped-def]
+    from medlens.evaluate.metrics import confusion_table, metrics_table
+
+    c = result.split_counts
+    console.print(
+        f"splits: train {c['train']}, val {c['val']}, test {c['test']}"
+        f"{' (reused ' + str(result.run_dir / 'splits.csv') + ')' if result.splits_reused else ''}"
+    )
+    if result.resumed:
+        console.print("resumed from an earlier run's checkpoint")
+    for path, reason in result.excluded.items():
+        err_console.print(f"[yellow]excluded[/] {path}: {reason}")
+    console.print(metrics_table(result.metrics, "Held-out test metrics"))
+    console.print(confusion_table(result.metrics))
+    console.print(f"bundle: {result.bundle_dir}  ({result.seconds:.0f} s)")
+
+
+def main() -> None:
+    _setup_env()
+    try:
+        app(standalone_mode=False)
+    except MedlensError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print(
+            "interrupted — run the same command again to resume from the last checkpoint"
+        )
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors arrive as ClickException
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

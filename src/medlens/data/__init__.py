@@ -1,0 +1,1 @@
+"""Reading, describing and splitting medical image data sets."""

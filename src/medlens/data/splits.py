@@ -1,0 +1,133 @@
+"""Stratified train/val/test splits, grouped by patient, written once and reused.
+
+Grouping keeps every image of one patient in one split (a model must never be tested on a patient
+it trained on). The split is written to ``splits.csv`` beside the run; a later run over the same
+data reads it back instead of drawing a new one, so a resumed or repeated run is evaluated on the
+same held-out images. scikit-learn's ``StratifiedGroupKFold`` does the grouping and stratification.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medlens.data.manifest import Manifest, Sample
+from medlens.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Splits:
+    assignment: dict[str, str]  # manifest key -> "train" | "val" | "test"
+
+    def samples(self, manifest: Manifest, split: str) -> list[Sample]:
+        return [s for s in manifest.samples if self.assignment.get(manifest.key(s)) == split]
+
+    def counts(self) -> dict[str, int]:
+        return {k: sum(1 for v in self.assignment.values() if v == k) for k in SPLITS}
+
+
+def _fold_out(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of about ``fraction`` of rows, stratified by y, whole groups only."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = max(2, round(1.0 / fraction))
+    # Every class needs at least n_splits groups for the stratifier; fall back gracefully.
+    _, counts = np.unique(y, return_counts=True)
+    n_splits = int(min(n_splits, max(2, counts.min())))
+    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held = next(iter(sgkf.split(np.zeros(len(y)), y, groups)))
+    mask = np.zeros(len(y), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def make_splits(
+    manifest: Manifest,
+    val: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
+    group_by_patient: bool = True,
+) -> Splits:
+    if len(manifest) < 6:
+        raise DataError(
+            f"only {len(manifest)} labelled images: too few to split into train/val/test"
+        )
+    y = np.array(manifest.labels())
+    uids = [manifest.key(s) for s in manifest.samples]
+    if group_by_patient:
+        groups = np.array([s.patient_id or manifest.key(s) for s in manifest.samples])
+    else:
+        groups = np.array(uids)
+    test_mask = _fold_out(y, groups, test, seed)
+    rest = np.flatnonzero(~test_mask)
+    val_mask_rest = _fold_out(y[rest], groups[rest], val / (1.0 - test), seed + 1)
+    assignment = {u: "train" for u in uids}
+    for i in np.flatnonzero(test_mask):
+        assignment[uids[i]] = "test"
+    for i in rest[val_mask_rest]:
+        assignment[uids[i]] = "val"
+    return Splits(assignment)
+
+
+def write_splits(splits: Splits, manifest: Manifest, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["key", "label", "patient_id", "split"])
+        for s in manifest.samples:
+            k = manifest.key(s)
+            w.writerow([k, s.label, s.patient_id or "", splits.assignment[k]])
+    tmp.replace(path)
+
+
+def read_splits(path: Path, manifest: Manifest) -> Splits:
+    """Read a splits file and check it covers exactly this manifest."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    assignment: dict[str, str] = {}
+    for i, row in enumerate(rows, start=2):
+        split = row.get("split")
+        if split not in SPLITS or not row.get("key"):
+            raise DataError(f"{path}, line {i}: bad row (split must be one of {SPLITS})")
+        assignment[row["key"]] = split
+    have = {manifest.key(s) for s in manifest.samples}
+    missing = have - assignment.keys()
+    extra = assignment.keys() - have
+    if missing or extra:
+        raise DataError(
+            f"{path} does not match the data: {len(missing)} image(s) not in it, {len(extra)} in "
+            "it but not in the data. Delete it (or use a new output folder) to draw a new split."
+        )
+    return Splits(assignment)
+
+
+def load_or_make_splits(manifest: Manifest, cfg: object, path: Path) -> tuple[Splits, bool]:
+    """Reuse ``path`` when it exists; else draw, write and return a new split.
+
+    Returns ``(splits, reused)``.
+    """
+    if path.is_file():
+        return read_splits(path, manifest), True
+    splits = make_splits(
+        manifest,
+        val=getattr(cfg, "val", 0.15),
+        test=getattr(cfg, "test", 0.15),
+        seed=getattr(cfg, "seed", 0),
+        group_by_patient=getattr(cfg, "group_by_patient", True),
+    )
+    for name in SPLITS:
+        if splits.counts()[name] == 0:
+            raise DataError(
+                f"the {name} split is empty: the data set is too small for the split fractions"
+            )
+    write_splits(splits, manifest, path)
+    return splits, False

@@ -1,0 +1,1 @@
+"""Evaluation on held-out data: metrics, and (later) intervals, calibration and policies."""

@@ -1,0 +1,179 @@
+"""Risk-prioritised decision policy: per-class thresholds chosen on validation, applied in order.
+
+For each priority class, most dangerous first (e.g. tuberculosis, then pneumonia), the policy
+fires that class when its calibrated probability reaches its threshold; a case no threshold
+catches gets the most probable of the remaining classes (e.g. normal). Thresholds are chosen on
+the **validation** split only, in priority order, as the highest threshold at which the class's
+validation sensitivity under the whole policy meets its target — so it costs as little
+specificity as the target allows. A target validation cannot meet is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class DecisionPolicy:
+    classes: list[str]
+    priority: list[str]
+    thresholds: dict[str, float]
+    targets: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    def decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decisions (class indices) and which threshold fired (-1: none, fallback to argmax)."""
+        p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+        n = p.shape[0]
+        decision = np.full(n, -1)
+        fired = np.full(n, -1)
+        for c in self.priority:
+            i = self.classes.index(c)
+            hit = (decision < 0) & (p[:, i] >= self.thresholds[c])
+            decision[hit] = i
+            fired[hit] = i
+        rest = [i for i, c in enumerate(self.classes) if c not in self.priority] or list(
+            range(len(self.classes))
+        )
+        undecided = decision < 0
+        if undecided.any():
+            sub = p[undecided][:, rest]
+            decision[undecided] = np.array(rest)[sub.argmax(axis=1)]
+        return decision, fired
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "classes": self.classes,
+            "priority": self.priority,
+            "thresholds": self.thresholds,
+            "targets": self.targets,
+            "validation": self.validation,
+            "rule": "first priority class whose probability >= its threshold; else the most "
+            "probable non-priority class",
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DecisionPolicy:
+        return cls(
+            list(d["classes"]),
+            list(d["priority"]),
+            {k: float(v) for k, v in d["thresholds"].items()},
+            dict(d.get("targets", {})),
+            dict(d.get("validation", {})),
+        )
+
+
+def fit_policy(
+    y_val: Sequence[int],
+    probs_val: np.ndarray,
+    classes: Sequence[str],
+    priority: Sequence[str],
+    targets: dict[str, float],
+) -> DecisionPolicy:
+    """Choose thresholds on validation so each priority class meets its sensitivity target.
+
+    A class without a target keeps threshold 0.5. When even the lowest threshold cannot reach a
+    target (earlier classes already claim too many of its cases, or too few validation cases),
+    the threshold giving the highest reachable sensitivity is kept and ``met`` is False.
+    """
+    y = np.asarray(y_val, dtype=int)
+    p = np.asarray(probs_val, dtype=np.float64)
+    classes = list(classes)
+    claimed = np.zeros(len(y), dtype=bool)  # cases already decided by a higher-priority class
+    thresholds: dict[str, float] = {}
+    report: dict[str, Any] = {}
+    for c in priority:
+        i = classes.index(c)
+        pos = y == i
+        n_pos = int(pos.sum())
+        target = targets.get(c)
+        if target is None:
+            thresholds[c] = 0.5
+        elif n_pos == 0:
+            thresholds[c] = 0.5
+            report[c] = {
+                "target": target,
+                "achieved": float("nan"),
+                "met": False,
+                "n_val_positives": 0,
+                "note": f"no {c} cases in validation: threshold left at 0.5",
+            }
+        else:
+            eligible = pos & ~claimed
+            cand = np.sort(np.unique(p[eligible, i]))[::-1]  # high → low
+            best_t, best_s = None, -1.0
+            for t in cand:
+                s = float((eligible & (p[:, i] >= t)).sum()) / n_pos
+                if s >= target:
+                    best_t, best_s = float(t), s
+                    break
+                best_t, best_s = float(t), s
+            t = best_t if best_t is not None else 0.0
+            thresholds[c] = t
+            met = best_s >= target
+            report[c] = {"target": target, "achieved": best_s, "met": met, "n_val_positives": n_pos}
+            if not met:
+                report[c]["note"] = (
+                    f"validation cannot meet the {c} sensitivity target {target:.2f}: the best "
+                    f"reachable is {best_s:.2f} (at threshold {t:.3f})"
+                )
+        claimed |= p[:, i] >= thresholds[c]
+    policy = DecisionPolicy(classes, list(priority), thresholds, dict(targets), report)
+    dec, _ = policy.decide(p)
+    for c in priority:
+        i = classes.index(c)
+        if c in report and (y == i).any():
+            report[c]["validation_sensitivity"] = float(
+                ((dec == i) & (y == i)).sum() / (y == i).sum()
+            )
+    return policy
+
+
+def compare_argmax_policy(
+    y_true: Sequence[int], probs: np.ndarray, policy: DecisionPolicy
+) -> dict[str, Any]:
+    """Argmax vs policy on held-out data: per class sensitivity/specificity and missed positives."""
+    from sklearn.metrics import confusion_matrix
+
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(probs, dtype=np.float64)
+    k = len(policy.classes)
+    arg = p.argmax(axis=1)
+    pol, _ = policy.decide(p)
+    out: dict[str, Any] = {"per_class": {}}
+    for name, pred in (("argmax", arg), ("policy", pol)):
+        cm = confusion_matrix(y, pred, labels=list(range(k)))
+        out[f"{name}_confusion_matrix"] = cm.tolist()
+        out[f"{name}_accuracy"] = float((pred == y).mean()) if len(y) else float("nan")
+    positives = [policy.classes.index(c) for c in policy.priority]
+    for i, c in enumerate(policy.classes):
+        row = {}
+        for name, pred in (("argmax", arg), ("policy", pol)):
+            tp = int(((pred == i) & (y == i)).sum())
+            fn = int(((pred != i) & (y == i)).sum())
+            tn = int(((pred != i) & (y != i)).sum())
+            fp = int(((pred == i) & (y != i)).sum())
+            row[name] = {
+                "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+                "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+                "missed": fn,
+            }
+        row["sensitivity_gained"] = row["policy"]["sensitivity"] - row["argmax"]["sensitivity"]
+        row["specificity_given_up"] = row["argmax"]["specificity"] - row["policy"]["specificity"]
+        out["per_class"][c] = row
+    # A missed positive: a case of a priority class decided as a non-priority class (e.g. normal).
+    is_pos = np.isin(y, positives)
+    missed_arg = int((is_pos & ~np.isin(arg, positives)).sum())
+    missed_pol = int((is_pos & ~np.isin(pol, positives)).sum())
+    out["missed_priority_positives"] = {
+        "argmax": missed_arg,
+        "policy": missed_pol,
+        "change_percent": (100.0 * (missed_pol - missed_arg) / missed_arg)
+        if missed_arg
+        else float("nan"),
+    }
+    return out

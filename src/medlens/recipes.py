@@ -1,0 +1,262 @@
+"""Recipes: one YAML file describes a whole diagnostic system, validated before anything runs.
+
+A recipe is data, not code: task (classes in clinical order, which are positive findings and in
+what priority), data source, preprocessing pipeline, model (a registry name + kwargs), training
+and evaluation settings. Every section forbids unknown keys so a typo (``epoch:`` for ``epochs:``)
+is an error naming the key and the file rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medlens.errors import MedlensError, RecipeError
+from medlens.preprocess import Pipeline, PreprocessStep
+
+BUILTIN_RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
+
+
+class TaskConfig(_Strict):
+    """What is predicted. ``classes`` are listed in clinical order (normal first)."""
+
+    type: Literal["classification"] = "classification"
+    classes: list[str] = Field(min_length=2)
+    positive: list[str] = Field(default_factory=list, description="classes that are findings")
+    priority: list[str] = Field(
+        default_factory=list,
+        description="decision priority, most dangerous first (e.g. tuberculosis, pneumonia)",
+    )
+
+    @model_validator(mode="after")
+    def _check_names(self) -> TaskConfig:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be unique, got {self.classes}")
+        for field in ("positive", "priority"):
+            unknown = [c for c in getattr(self, field) if c not in self.classes]
+            if unknown:
+                raise ValueError(
+                    f"{field} names {unknown}, which are not in classes {self.classes}"
+                )
+        return self
+
+
+class PhantomConfig(_Strict):
+    kind: str = "chest_xray"
+    n: int = Field(600, ge=6)
+    size: int = Field(128, ge=16, le=1024)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Where labelled images come from.
+
+    Relative paths are resolved against the recipe file's folder; ``medlens train --data`` overrides
+    ``path`` (relative to the working directory).
+    """
+
+    source: Literal["folder", "csv", "npz", "phantoms"] = "folder"
+    path: str | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    patient_column: str | None = "patient_id"
+    mask_column: str | None = "mask_path"
+    box_columns: list[str] | None = Field(
+        None,
+        description="four columns x0,y0,x1,y1 of a lesion box (several rows per image allowed)",
+    )
+    npz_keys: list[tuple[str, str]] = Field(
+        default_factory=lambda: [("train_images", "train_labels")],
+        description="(images key, labels key) pairs read from a MedMNIST-style .npz",
+    )
+    label_map: dict[int, str] | None = Field(
+        None, description="integer label -> class name, for .npz (and numeric CSV labels)"
+    )
+    phantoms: PhantomConfig = Field(default_factory=PhantomConfig)
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> DataConfig:
+        if self.box_columns is not None and len(self.box_columns) != 4:
+            raise ValueError("box_columns must name exactly four columns: x0, y0, x1, y1")
+        return self
+
+
+class SplitConfig(_Strict):
+    val: float = Field(0.15, gt=0, lt=0.5)
+    test: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 0
+    group_by_patient: bool = True
+
+
+class ModelConfig(_Strict):
+    """A registry name plus keyword arguments; ``pretrained`` is a bool or a local weights file."""
+
+    name: str
+    pretrained: bool | str = False
+    in_chans: int | None = Field(None, description="defaults to the preprocessing's channels")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class AugmentConfig(_Strict):
+    hflip: float = Field(0.5, ge=0, le=1)
+    rotate_degrees: float = Field(7.0, ge=0, le=45)
+    scale: tuple[float, float] = (0.92, 1.08)
+    translate: float = Field(0.04, ge=0, le=0.3)
+    brightness: float = Field(0.1, ge=0, le=1)
+    contrast: float = Field(0.1, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    focal_gamma: float = Field(2.0, ge=0)
+    class_weights: Literal["balanced", "none"] | list[float] = "balanced"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    early_stopping_patience: int | None = Field(5, ge=1)
+    monitor: Literal["val_macro_f1", "val_loss"] = "val_macro_f1"
+    seed: int = 0
+    devices: int = Field(1, ge=1, description="CPU processes or GPUs; >1 uses DDP")
+    accelerator: Literal["auto", "cpu", "gpu"] = "cpu"
+    num_workers: int = Field(0, ge=0)
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    augment: AugmentConfig | None = Field(default_factory=AugmentConfig)
+    limit_train_batches: int | float | None = Field(None, description="for smoke tests only")
+
+
+class EvaluateConfig(_Strict):
+    batch_size: int = Field(64, ge=1)
+
+
+class Recipe(_Strict):
+    """A whole diagnostic system. Load it with :func:`load_recipe`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    intended_use: str = (
+        "Research and decision support only. Not a diagnosis: a clinician reviews every image "
+        "and decides."
+    )
+    task: TaskConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    preprocess: list[PreprocessStep]
+    model: ModelConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    # Where the recipe came from, to resolve relative data paths; not part of the YAML.
+    source_dir: Path | None = Field(None, exclude=True)
+
+    @field_validator("preprocess")
+    @classmethod
+    def _valid_pipeline(cls, steps: list[Any]) -> list[Any]:
+        Pipeline(steps)  # raises on a pipeline that cannot produce a fixed-size tensor
+        return steps
+
+    def pipeline(self) -> Pipeline:
+        return Pipeline(self.preprocess)
+
+    def in_chans(self) -> int:
+        return self.model.in_chans or self.pipeline().output_channels
+
+    def data_path(self, override: str | Path | None = None) -> Path | None:
+        """The data location: the CLI override (cwd-relative) or the recipe's (recipe-relative)."""
+        if override is not None:
+            return Path(override).expanduser().resolve()
+        if self.data.path is None:
+            return None
+        p = Path(self.data.path).expanduser()
+        if not p.is_absolute() and self.source_dir is not None:
+            p = self.source_dir / p
+        return p.resolve()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude={"source_dir"}), sort_keys=False)
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at ``loc`` (for 'did you mean' hints); empty when unknown."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(getattr(current, "model_fields", {}).keys()) if current is not None else []
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """Turn pydantic's report into lines a person can act on, each naming file and key."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err.get("type") == "extra_forbidden":
+            key = str(loc[-1]) if loc else "?"
+            hint = difflib.get_close_matches(key, _known_keys(Recipe, loc), n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            lines.append(f"{source}: unknown key '{where}'{suggestion}")
+        else:
+            got = err.get("input")
+            got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"{source}: {where}: {err.get('msg')}{got_s}")
+    return "invalid recipe\n  " + "\n  ".join(lines)
+
+
+def parse_recipe(
+    data: dict[str, Any], source: str = "<recipe>", source_dir: Path | None = None
+) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, source)) from None
+    except MedlensError as exc:  # the preprocessing pipeline's own check
+        raise RecipeError(f"{source}: preprocess: {exc}") from None
+    recipe.source_dir = source_dir
+    return recipe
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file path, or the name of a built-in recipe (``chest_xray``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    builtin = BUILTIN_RECIPE_DIR / f"{p.stem if p.suffix in ('.yaml', '.yml') else p.name}.yaml"
+    if builtin.is_file():
+        return builtin
+    available = sorted(x.stem for x in BUILTIN_RECIPE_DIR.glob("*.yaml"))
+    raise RecipeError(
+        f"recipe not found: {name_or_path} (give a YAML file path or one of the built-in recipes: "
+        f"{', '.join(available)})"
+    )
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Read and validate a recipe; every problem is a :class:`RecipeError` naming file and key."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
+    return parse_recipe(data, str(path), path.resolve().parent)

@@ -1,0 +1,1 @@
+"""Training: cached datasets, losses, the Lightning module and the run orchestration."""

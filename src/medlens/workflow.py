@@ -1,0 +1,181 @@
+"""A whole run: recipe → manifest → split → fit → bundle → test evaluation through the bundle.
+
+The test split is evaluated by a :class:`~medlens.inference.Predictor` loaded from the bundle just
+written, so the figures stored in the bundle are those of the exact code path serving will use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.bundle import add_file, save_bundle
+from medlens.data.manifest import Manifest, Sample, load_manifest
+from medlens.data.splits import load_or_make_splits
+from medlens.errors import DataError
+from medlens.evaluate.metrics import classification_metrics
+from medlens.inference import Prediction, Predictor
+from medlens.recipes import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    bundle_dir: Path
+    metrics: dict[str, Any]
+    split_counts: dict[str, int]
+    splits_reused: bool
+    resumed: bool
+    excluded: dict[str, str]
+    seconds: float
+    model: Any = None  # the trained network (best validation weights), for callers in-process
+
+
+def ensure_phantoms(recipe: Recipe, root: Path) -> Path:
+    """Generate the recipe's phantom data set once (deterministic; reused when present)."""
+    from medlens.data.phantoms import generate_phantoms
+
+    ph = recipe.data.phantoms
+    out = root / f"phantoms_{ph.kind}_n{ph.n}_s{ph.size}_seed{ph.seed}"
+    manifest = out / "manifest.csv"
+    stamp = out / "params.json"
+    params = {"kind": ph.kind, "n": ph.n, "size": ph.size, "seed": ph.seed}
+    if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == params:
+        return manifest
+    generate_phantoms(ph.kind, out, n=ph.n, size=ph.size, seed=ph.seed)
+    stamp.write_text(json.dumps(params))
+    return manifest
+
+
+def recipe_manifest(recipe: Recipe, data: str | Path | None, work_dir: Path) -> Manifest:
+    path = recipe.data_path(data)
+    if recipe.data.source == "phantoms" and data is None:
+        path = ensure_phantoms(recipe, work_dir / "data")
+    return load_manifest(recipe.data, path, recipe.task.classes)
+
+
+def evaluate_samples(
+    predictor: Predictor,
+    samples: list[Sample],
+    classes: list[str],
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[dict[str, Any], list[Prediction], dict[str, str]]:
+    """Predict every sample through the predictor and compute metrics on the readable ones."""
+    if list(predictor.classes) != list(classes):
+        raise DataError(f"the data's classes {classes} differ from the model's {predictor.classes}")
+    results = predictor.predict_many(samples, batch_size, progress)
+    preds: list[Prediction] = []
+    y: list[int] = []
+    errors: dict[str, str] = {}
+    idx = {c: i for i, c in enumerate(classes)}
+    for s, r in zip(samples, results, strict=True):
+        if isinstance(r, Prediction):
+            r.source = s.uid
+            preds.append(r)
+            y.append(idx[s.label])  # type: ignore[index]
+        else:
+            errors[s.uid] = str(r)
+    if not preds:
+        raise DataError("no readable images to evaluate")
+    probs = np.array([[p.probabilities[c] for c in classes] for p in preds])
+    return classification_metrics(y, probs, classes), preds, errors
+
+
+def run_recipe(
+    recipe: Recipe,
+    out_dir: str | Path,
+    data: str | Path | None = None,
+    progress: bool = True,
+    fresh: bool = False,
+) -> RunResult:
+    """Train, bundle and evaluate a recipe into ``out_dir/<recipe name>``."""
+    from medlens.train.trainer import fit
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir).expanduser().resolve()
+    run_dir = out_dir / recipe.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = recipe_manifest(recipe, data, out_dir)
+    splits, reused = load_or_make_splits(manifest, recipe.split, run_dir / "splits.csv")
+    result = fit(recipe, manifest, splits, run_dir, progress=progress, fresh=fresh)
+
+    bundle_dir = run_dir / "bundle"
+    model_spec = {
+        "name": recipe.model.name,
+        "num_classes": len(recipe.task.classes),
+        "in_chans": recipe.in_chans(),
+        "kwargs": recipe.model.kwargs,
+    }
+    train_samples = splits.samples(manifest, "train") + splits.samples(manifest, "val")
+    save_bundle(
+        bundle_dir,
+        result.model,
+        name=recipe.name,
+        model_spec=model_spec,
+        classes=list(recipe.task.classes),
+        task=recipe.task.model_dump(mode="json"),
+        preprocess=recipe.pipeline().to_config(),
+        recipe_yaml=recipe.to_yaml(),
+        data_fingerprint=Manifest(train_samples, manifest.classes, manifest.root).fingerprint(),
+        intended_use=recipe.intended_use,
+        extra={
+            "training": {
+                "best_checkpoint_score": result.best_score,
+                "monitor": recipe.train.monitor,
+                "epochs_run": result.epochs_run,
+                "split_counts": splits.counts(),
+            }
+        },
+    )
+    predictor = Predictor.from_bundle(bundle_dir)
+    test = splits.samples(manifest, "test")
+    metrics, preds, errors = evaluate_samples(
+        predictor, test, list(recipe.task.classes), recipe.evaluate.batch_size, progress
+    )
+    metrics["split"] = "test"
+    metrics["unreadable"] = errors
+    add_file(bundle_dir, "metrics.json", json.dumps(metrics, indent=2))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_test_predictions(
+        run_dir / "test_predictions.csv", preds, list(recipe.task.classes), test
+    )
+    return RunResult(
+        run_dir,
+        bundle_dir,
+        metrics,
+        splits.counts(),
+        reused,
+        result.resumed,
+        {**result.excluded, **errors},
+        time.perf_counter() - t0,
+        result.model,
+    )
+
+
+def _write_test_predictions(
+    path: Path, preds: list[Prediction], classes: list[str], samples: list[Sample]
+) -> None:
+    import csv
+
+    truth = {s.uid: s.label for s in samples}
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["source", "true", "predicted", *[f"p_{c}" for c in classes]])
+        for p in preds:
+            w.writerow(
+                [
+                    p.source,
+                    truth.get(p.source or ""),
+                    p.label,
+                    *[f"{p.probabilities[c]:.6f}" for c in classes],
+                ]
+            )

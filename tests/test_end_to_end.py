@@ -1,0 +1,90 @@
+"""The whole spine on tiny phantoms: train → bundle → fresh Predictor reproduces → tamper refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medlens.errors import BundleError
+from medlens.inference import Predictor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from medlens.recipes import parse_recipe
+    from medlens.workflow import run_recipe
+    from tests.conftest import tiny_recipe_dict
+
+    out = tmp_path_factory.mktemp("runs")
+    recipe = parse_recipe(tiny_recipe_dict(), "tiny.yaml")
+    return recipe, out, run_recipe(recipe, out, progress=False)
+
+
+def test_run_writes_bundle_metrics_and_splits(run):
+    recipe, _, result = run
+    assert (result.run_dir / "splits.csv").is_file()
+    assert (result.bundle_dir / "model.safetensors").is_file()
+    metrics = json.loads((result.bundle_dir / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n"] == result.split_counts["test"]
+    assert 0.0 <= metrics["macro_f1"] <= 1.0
+    meta = json.loads((result.bundle_dir / "bundle.json").read_text())
+    assert meta["classes"] == recipe.task.classes
+    assert meta["preprocess"] == recipe.pipeline().to_config()
+    assert (
+        meta["data_fingerprint"]["n_samples"]
+        == result.split_counts["train"] + result.split_counts["val"]
+    )
+    # test images never used to fit: bundle fingerprint counts only train + val
+    with (result.run_dir / "test_predictions.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == result.split_counts["test"]
+
+
+def test_fresh_predictor_reproduces_trained_model(run):
+    recipe, _, result = run
+    pipeline = recipe.pipeline()
+    with (result.run_dir / "test_predictions.csv").open() as fh:
+        sources = [r["source"] for r in csv.DictReader(fh)]
+    from medlens.data.io import read_image
+
+    batch = np.stack([pipeline(read_image(s).array).image for s in sources])
+    with torch.inference_mode():
+        expected = torch.softmax(result.model.eval()(torch.from_numpy(batch)), 1).numpy()
+    predictor = Predictor.from_bundle(result.bundle_dir)
+    got = predictor.predict_many(sources, batch_size=len(sources))
+    probs = np.array([[p.probabilities[c] for c in predictor.classes] for p in got])
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
+    assert [p.index for p in got] == list(expected.argmax(1))
+    # one image at a time gives the same answer as the batch
+    single = predictor.predict(sources[0])
+    assert single.label == got[0].label
+    np.testing.assert_allclose(list(single.probabilities.values()), probs[0], atol=1e-5)
+
+
+def test_rerun_reuses_split_and_training(run):
+    recipe, out, first = run
+    from medlens.workflow import run_recipe
+
+    again = run_recipe(recipe, out, progress=False)
+    assert again.splits_reused and again.resumed
+    assert again.metrics["macro_f1"] == first.metrics["macro_f1"]
+
+
+def test_tampered_bundle_refused_after_training(run, tmp_path: Path):
+    import shutil
+
+    _, _, result = run
+    copy = tmp_path / "bundle"
+    shutil.copytree(result.bundle_dir, copy)
+    w = copy / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0x01
+    w.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.safetensors"):
+        Predictor.from_bundle(copy)
