@@ -55,9 +55,13 @@ def test_fresh_predictor_reproduces_trained_model(run):
 
     batch = np.stack([pipeline(read_image(s).array).image for s in sources])
     with torch.inference_mode():
-        expected = torch.softmax(result.model.eval()(torch.from_numpy(batch)), 1).numpy()
+        logits = result.model.eval()(torch.from_numpy(batch)).double()
+    temperature = json.loads((result.bundle_dir / "calibration.json").read_text())["temperature"]
+    expected = torch.softmax(logits / temperature, 1).numpy()
     predictor = Predictor.from_bundle(result.bundle_dir)
+    assert predictor.temperature == temperature
     got = predictor.predict_many(sources, batch_size=len(sources))
+    np.testing.assert_allclose([p.logits for p in got], logits.numpy(), rtol=0, atol=1e-6)
     probs = np.array([[p.probabilities[c] for c in predictor.classes] for p in got])
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
     assert [p.index for p in got] == list(expected.argmax(1))

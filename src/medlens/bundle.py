@@ -71,6 +71,16 @@ class Bundle:
         """Identity of the whole bundle: the hash of its SHA256SUMS file."""
         return _sha256(self.path / SUMS)
 
+    def read_json(self, name: str) -> Any:
+        """A verified JSON file of the bundle, or None when the bundle has none."""
+        f = self.path / name
+        if not f.is_file():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{f}: not valid JSON: {exc}") from None
+
     def build_model(self) -> Any:
         """Rebuild the network from the spec and load the verified weights (strict)."""
         from safetensors.torch import load_file

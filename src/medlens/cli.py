@@ -165,6 +165,16 @@ def predict(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `medlens train`")],
+) -> None:
+    """Regenerate a run's HTML report (and JSON) from the files the run wrote."""
+    from medlens.evaluate.report import render_report
+
+    console.print(f"report: {render_report(run_dir)}")
+
+
+@app.command()
 def models(
     pattern: Annotated[str | None, typer.Argument(help="wildcard, e.g. 'resnet*'")] = None,
 ) -> None:
@@ -210,11 +220,19 @@ def demo(
         title="Three test images through a fresh Predictor loaded from the bundle",
         caption=DISCLAIMER,
     )
-    for col in ("image", "true", "predicted", "confidence"):
+    for col in ("image", "true", "most probable", "probability", "decision (policy)", "threshold"):
         table.add_column(col)
     for r in picks:
         p = predictor.predict(r["source"])
-        table.add_row(Path(r["source"]).name, r["true"], p.label, f"{p.confidence:.3f}")
+        thr = "—" if p.decision_threshold is None else f"{p.decision_threshold:.3f}"
+        table.add_row(
+            Path(r["source"]).name,
+            r["true"],
+            p.label,
+            f"{p.confidence:.3f}",
+            p.decision or p.label,
+            thr,
+        )
     console.print(table)
     console.print(
         f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s — test macro-F1 "
@@ -231,6 +249,7 @@ def csvrows(path: Path):
 
 
 def _print_run(result) -> None:  # type: ignore[no-untyped-def]
+    from medlens.evaluate.intervals import fmt_ci
     from medlens.evaluate.metrics import confusion_table, metrics_table
 
     c = result.split_counts
@@ -239,12 +258,76 @@ def _print_run(result) -> None:  # type: ignore[no-untyped-def]
         f"{' (reused ' + str(result.run_dir / 'splits.csv') + ')' if result.splits_reused else ''}"
     )
     if result.resumed:
-        console.print("resumed from an earlier run's checkpoint")
+        console.print("training reused/resumed from an earlier run's checkpoint")
     for path, reason in result.excluded.items():
         err_console.print(f"[yellow]excluded[/] {path}: {reason}")
-    console.print(metrics_table(result.metrics, "Held-out test metrics"))
-    console.print(confusion_table(result.metrics))
+    m = result.metrics
+    console.print(metrics_table(m, "Held-out test metrics (calibrated, argmax)"))
+    console.print(confusion_table(m))
+    iv = m.get("intervals")
+    if iv:
+
+        def ci(d: dict) -> str:
+            return fmt_ci(
+                {k: float("nan") if d[k] is None else d[k] for k in ("value", "ci_low", "ci_high")}
+            )
+
+        t = Table(
+            title=f"{int(iv['confidence_level'] * 100)} % bootstrap intervals (test, "
+            f"{iv['n_bootstrap']} replicates)"
+        )
+        t.add_column("figure")
+        t.add_column("value [CI]", justify="right")
+        for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc", "mcc", "kappa"):
+            t.add_row(k, ci(iv["overall"][k]))
+        for cls, pc in iv["per_class"].items():
+            t.add_row(f"sensitivity {cls}", ci(pc["sensitivity"]))
+        console.print(t)
+    cal = m.get("calibration")
+    if cal:
+        console.print(
+            f"calibration: temperature {cal['temperature']:.3f} (fitted on validation); test ECE "
+            f"{cal['test_before']['ece']:.3f} → {cal['test_after']['ece']:.3f}, MCE "
+            f"{cal['test_before']['mce']:.3f} → {cal['test_after']['mce']:.3f}"
+        )
+    pol = m.get("policy")
+    if pol:
+        t = Table(title="Argmax vs risk-prioritised policy (thresholds from validation; test)")
+        for col in (
+            "class",
+            "threshold",
+            "target",
+            "sens. argmax",
+            "sens. policy",
+            "spec. argmax",
+            "spec. policy",
+        ):
+            t.add_column(col, justify="right" if col != "class" else "left")
+        for cls, r in pol["test"]["per_class"].items():
+            thr = pol["thresholds"].get(cls)
+            tgt = pol["targets"].get(cls)
+            thr_s = "—" if thr is None else ("argmax" if thr >= 1.0 else f"{thr:.3f}")
+            t.add_row(
+                cls,
+                thr_s,
+                "—" if tgt is None else f"{tgt:.2f}",
+                f"{r['argmax']['sensitivity']:.3f}",
+                f"{r['policy']['sensitivity']:.3f}",
+                f"{r['argmax']['specificity']:.3f}",
+                f"{r['policy']['specificity']:.3f}",
+            )
+        console.print(t)
+        mp = pol["test"]["missed_priority_positives"]
+        change = "n/a" if mp["change_percent"] is None else f"{mp['change_percent']:+.0f} %"
+        console.print(
+            f"missed priority positives: argmax {mp['argmax']} → policy {mp['policy']} ({change})"
+        )
+        for rep in pol["validation"].values():
+            if not rep.get("met", True):
+                err_console.print(f"[yellow]warning[/] {rep.get('note')}")
     console.print(f"bundle: {result.bundle_dir}  ({result.seconds:.0f} s)")
+    if result.report is not None:
+        console.print(f"report: {result.report}")
 
 
 def main() -> None:

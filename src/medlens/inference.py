@@ -18,6 +18,8 @@ import numpy as np
 from medlens.bundle import Bundle, load_bundle
 from medlens.data.io import LoadedImage, is_supported, read_image
 from medlens.errors import MedlensError
+from medlens.evaluate.calibration import softmax
+from medlens.evaluate.policy import DecisionPolicy
 from medlens.preprocess import Pipeline, PreprocessResult
 
 DISCLAIMER = "Decision support only, not a diagnosis: a clinician reviews the image and decides."
@@ -33,6 +35,11 @@ class Prediction:
     preprocess_info: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
     disclaimer: str = DISCLAIMER
+    logits: list[float] = field(default_factory=list)
+    calibrated: bool = False
+    decision: str | None = None  # the decision policy's class (None: bundle has no policy)
+    decision_threshold: float | None = None  # the threshold that fired (None: fallback)
+    decision_rule: str = "argmax"
 
     @property
     def confidence(self) -> float:
@@ -46,6 +53,10 @@ class Prediction:
             "probabilities": self.probabilities,
             "model": self.model,
             "bundle_sha256": self.bundle_sha256,
+            "calibrated": self.calibrated,
+            "decision": self.decision or self.label,
+            "decision_rule": self.decision_rule,
+            "decision_threshold": self.decision_threshold,
             "preprocess_info": self.preprocess_info,
             "disclaimer": self.disclaimer,
         }
@@ -89,6 +100,14 @@ class Predictor:
             )
         self.classes = bundle.classes
         self._sha = bundle.sha256
+        self.temperature = 1.0
+        self.policy: DecisionPolicy | None = None
+        if (cal := bundle.read_json("calibration.json")) is not None:
+            self.temperature = float(cal["temperature"])
+        if (pol := bundle.read_json("policy.json")) is not None:
+            self.policy = DecisionPolicy.from_dict(pol)
+            if self.policy.classes != self.classes:
+                raise MedlensError(f"{bundle.path}: policy.json classes differ from the model's")
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu") -> Predictor:
@@ -108,19 +127,28 @@ class Predictor:
             image = image.array
         return self.pipeline(as_float_image(image))
 
-    def predict_tensor(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities for an ``N x C x H x W`` batch of preprocessed arrays."""
+    def logits_tensor(self, batch: np.ndarray) -> np.ndarray:
+        """Raw logits for an ``N x C x H x W`` batch of preprocessed arrays."""
         import torch
 
         with torch.inference_mode():
             x = torch.as_tensor(
                 np.ascontiguousarray(batch), dtype=torch.float32, device=self.device
             )
-            return torch.softmax(self.model(x), dim=1).cpu().numpy().astype(np.float64)
+            return self.model(x).float().cpu().numpy().astype(np.float64)
 
-    def _result(self, probs: np.ndarray, info: dict[str, Any], source: str | None) -> Prediction:
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: softmax of logits / the bundle's fitted temperature."""
+        return softmax(logits, self.temperature)
+
+    def predict_tensor(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for an ``N x C x H x W`` batch of preprocessed arrays."""
+        return self.probabilities(self.logits_tensor(batch))
+
+    def _result(self, logits: np.ndarray, info: dict[str, Any], source: str | None) -> Prediction:
+        probs = self.probabilities(logits[None])[0]
         i = int(np.argmax(probs))
-        return Prediction(
+        pred = Prediction(
             label=self.classes[i],
             index=i,
             probabilities={c: float(p) for c, p in zip(self.classes, probs, strict=True)},
@@ -128,13 +156,22 @@ class Predictor:
             bundle_sha256=self._sha,
             preprocess_info=info,
             source=source,
+            logits=[float(v) for v in logits],
+            calibrated=self.temperature != 1.0,
         )
+        if self.policy is not None:
+            dec, fired = self.policy.decide(probs[None])
+            pred.decision = self.classes[int(dec[0])]
+            pred.decision_rule = "policy"
+            if fired[0] >= 0:
+                pred.decision_threshold = self.policy.thresholds[self.classes[int(fired[0])]]
+        return pred
 
     def predict(self, image: np.ndarray | str | Path | LoadedImage) -> Prediction:
         pre = self.preprocess(image)
-        probs = self.predict_tensor(pre.image[None])[0]
+        logits = self.logits_tensor(pre.image[None])[0]
         src = str(image) if isinstance(image, str | Path) else None
-        return self._result(probs, pre.info, src)
+        return self._result(logits, pre.info, src)
 
     def predict_many(
         self,
@@ -155,8 +192,8 @@ class Predictor:
                 except MedlensError as exc:
                     results.append(exc)
             if pres:
-                probs = self.predict_tensor(np.stack([p.image for _, p in pres]))
-                for (j, pre), pr in zip(pres, probs, strict=True):
+                logits = self.logits_tensor(np.stack([p.image for _, p in pres]))
+                for (j, pre), pr in zip(pres, logits, strict=True):
                     img = images[start + j]
                     src = str(img) if isinstance(img, str | Path) else None
                     results[j] = self._result(pr, pre.info, src)

@@ -138,6 +138,29 @@ class TrainConfig(_Strict):
 
 class EvaluateConfig(_Strict):
     batch_size: int = Field(64, ge=1)
+    n_bootstrap: int = Field(1000, ge=0, description="bootstrap replicates for the intervals")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_seed: int = 0
+    target_specificity: float = Field(0.9, gt=0, lt=1, description="for sensitivity at specificity")
+    ordinal: bool = Field(False, description="classes are ordered stages: quadratic-weighted kappa")
+    calibration: Literal["temperature", "none"] = "temperature"
+    calibration_bins: int = Field(15, ge=2)
+    borderline_margin: float = Field(0.05, ge=0, lt=0.5, description="worklist: |p - threshold|")
+    confident_wrong: float = Field(0.95, gt=0.5, le=1, description="worklist: wrong with p >= this")
+
+
+class PolicyConfig(_Strict):
+    """Sensitivity targets per priority class; thresholds are chosen on validation only."""
+
+    targets: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("targets")
+    @classmethod
+    def _in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, t in v.items():
+            if not 0 < t <= 1:
+                raise ValueError(f"targets.{k} must be in (0, 1], got {t}")
+        return v
 
 
 class Recipe(_Strict):
@@ -156,9 +179,19 @@ class Recipe(_Strict):
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
     # Where the recipe came from, to resolve relative data paths; not part of the YAML.
     source_dir: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _policy_names(self) -> Recipe:
+        unknown = [c for c in self.policy.targets if c not in self.task.priority]
+        if unknown:
+            raise ValueError(
+                f"policy.targets names {unknown}, which are not in task.priority {self.task.priority}"
+            )
+        return self
 
     @field_validator("preprocess")
     @classmethod

@@ -19,7 +19,9 @@ from medlens.bundle import add_file, save_bundle
 from medlens.data.manifest import Manifest, Sample, load_manifest
 from medlens.data.splits import load_or_make_splits
 from medlens.errors import DataError
+from medlens.evaluate.heldout import Scores, evaluate_test, fit_on_validation, json_safe
 from medlens.evaluate.metrics import classification_metrics
+from medlens.evaluate.report import render_report
 from medlens.inference import Prediction, Predictor
 from medlens.recipes import Recipe
 
@@ -37,6 +39,7 @@ class RunResult:
     excluded: dict[str, str]
     seconds: float
     model: Any = None  # the trained network (best validation weights), for callers in-process
+    report: Path | None = None
 
 
 def ensure_phantoms(recipe: Recipe, root: Path) -> Path:
@@ -62,14 +65,14 @@ def recipe_manifest(recipe: Recipe, data: str | Path | None, work_dir: Path) -> 
     return load_manifest(recipe.data, path, recipe.task.classes)
 
 
-def evaluate_samples(
+def collect_scores(
     predictor: Predictor,
     samples: list[Sample],
     classes: list[str],
     batch_size: int = 64,
     progress: bool = False,
-) -> tuple[dict[str, Any], list[Prediction], dict[str, str]]:
-    """Predict every sample through the predictor and compute metrics on the readable ones."""
+) -> tuple[Scores, list[Prediction], dict[str, str]]:
+    """Logits of every readable sample through the predictor; unreadable ones are reported."""
     if list(predictor.classes) != list(classes):
         raise DataError(f"the data's classes {classes} differ from the model's {predictor.classes}")
     results = predictor.predict_many(samples, batch_size, progress)
@@ -86,8 +89,25 @@ def evaluate_samples(
             errors[s.uid] = str(r)
     if not preds:
         raise DataError("no readable images to evaluate")
-    probs = np.array([[p.probabilities[c] for c in classes] for p in preds])
-    return classification_metrics(y, probs, classes), preds, errors
+    scores = Scores(
+        [p.source or "" for p in preds],
+        np.array(y, dtype=int),
+        np.array([p.logits for p in preds], dtype=np.float64),
+    )
+    return scores, preds, errors
+
+
+def evaluate_samples(
+    predictor: Predictor,
+    samples: list[Sample],
+    classes: list[str],
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[dict[str, Any], list[Prediction], dict[str, str]]:
+    """Core metrics of a bundle (with its calibration) on labelled samples."""
+    scores, preds, errors = collect_scores(predictor, samples, classes, batch_size, progress)
+    probs = predictor.probabilities(scores.logits)
+    return classification_metrics(scores.y, probs, classes), preds, errors
 
 
 def run_recipe(
@@ -136,18 +156,47 @@ def run_recipe(
             }
         },
     )
+    # Validation chooses the temperature and the thresholds; the test split only measures.
+    ev = recipe.evaluate
+    classes = list(recipe.task.classes)
+    val_scores, _, val_errors = collect_scores(
+        Predictor.from_bundle(bundle_dir), splits.samples(manifest, "val"), classes, ev.batch_size
+    )
+    fitted = fit_on_validation(
+        val_scores,
+        classes,
+        recipe.task.priority,
+        recipe.policy.targets,
+        ev.calibration,
+        ev.calibration_bins,
+    )
+    add_file(bundle_dir, "calibration.json", json.dumps(fitted.calibration, indent=2))
+    if fitted.policy is not None:
+        add_file(
+            bundle_dir, "policy.json", json.dumps(json_safe(fitted.policy.to_dict()), indent=2)
+        )
     predictor = Predictor.from_bundle(bundle_dir)
     test = splits.samples(manifest, "test")
-    metrics, preds, errors = evaluate_samples(
-        predictor, test, list(recipe.task.classes), recipe.evaluate.batch_size, progress
+    test_scores, preds, errors = collect_scores(predictor, test, classes, ev.batch_size, progress)
+    metrics = evaluate_test(
+        test_scores,
+        fitted,
+        classes,
+        n_bootstrap=ev.n_bootstrap,
+        seed=ev.bootstrap_seed,
+        confidence=ev.confidence,
+        ordinal=ev.ordinal,
+        target_specificity=ev.target_specificity,
+        n_bins=ev.calibration_bins,
     )
-    metrics["split"] = "test"
-    metrics["unreadable"] = errors
+    metrics["unreadable"] = {**val_errors, **errors}
+    metrics["settings"] = ev.model_dump(mode="json")
     add_file(bundle_dir, "metrics.json", json.dumps(metrics, indent=2))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_test_predictions(
-        run_dir / "test_predictions.csv", preds, list(recipe.task.classes), test
-    )
+    val_scores.write_csv(run_dir / "val_scores.csv", classes)
+    test_scores.write_csv(run_dir / "test_scores.csv", classes)
+    _write_test_predictions(run_dir / "test_predictions.csv", preds, classes, test)
+    report = render_report(run_dir)
     return RunResult(
         run_dir,
         bundle_dir,
@@ -158,6 +207,7 @@ def run_recipe(
         {**result.excluded, **errors},
         time.perf_counter() - t0,
         result.model,
+        report,
     )
 
 
@@ -169,13 +219,14 @@ def _write_test_predictions(
     truth = {s.uid: s.label for s in samples}
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["source", "true", "predicted", *[f"p_{c}" for c in classes]])
+        w.writerow(["source", "true", "predicted", "decision", *[f"p_{c}" for c in classes]])
         for p in preds:
             w.writerow(
                 [
                     p.source,
                     truth.get(p.source or ""),
                     p.label,
+                    p.decision or p.label,
                     *[f"{p.probabilities[c]:.6f}" for c in classes],
                 ]
             )

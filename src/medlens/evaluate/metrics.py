@@ -84,6 +84,10 @@ def classification_metrics(
     }
 
 
+def _f(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
 def metrics_table(metrics: dict[str, Any], title: str = "Test metrics") -> Any:
     """A rich table of the per-class figures with the overall ones in the caption."""
     from rich.table import Table
@@ -91,8 +95,8 @@ def metrics_table(metrics: dict[str, Any], title: str = "Test metrics") -> Any:
     t = Table(
         title=title,
         caption=(
-            f"n={metrics['n']}  accuracy={metrics['accuracy']:.3f}  "
-            f"macro-F1={metrics['macro_f1']:.3f}  macro ROC-AUC={metrics['macro_roc_auc']:.3f}"
+            f"n={metrics['n']}  accuracy={_f(metrics['accuracy'])}  "
+            f"macro-F1={_f(metrics['macro_f1'])}  macro ROC-AUC={_f(metrics['macro_roc_auc'])}"
         ),
     )
     for col in ("class", "n", "precision", "sensitivity", "specificity", "F1", "ROC-AUC"):
@@ -101,11 +105,11 @@ def metrics_table(metrics: dict[str, Any], title: str = "Test metrics") -> Any:
         t.add_row(
             name,
             str(m["support"]),
-            f"{m['precision']:.3f}",
-            f"{m['sensitivity']:.3f}",
-            f"{m['specificity']:.3f}",
-            f"{m['f1']:.3f}",
-            f"{m['roc_auc']:.3f}",
+            _f(m["precision"]),
+            _f(m["sensitivity"]),
+            _f(m["specificity"]),
+            _f(m["f1"]),
+            _f(m["roc_auc"]),
         )
     return t
 

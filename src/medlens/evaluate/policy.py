@@ -1,11 +1,15 @@
 """Risk-prioritised decision policy: per-class thresholds chosen on validation, applied in order.
 
-For each priority class, most dangerous first (e.g. tuberculosis, then pneumonia), the policy
-fires that class when its calibrated probability reaches its threshold; a case no threshold
-catches gets the most probable of the remaining classes (e.g. normal). Thresholds are chosen on
-the **validation** split only, in priority order, as the highest threshold at which the class's
-validation sensitivity under the whole policy meets its target — so it costs as little
-specificity as the target allows. A target validation cannot meet is reported, not hidden.
+The rule, in priority order (most dangerous first, e.g. tuberculosis, then pneumonia): decide the
+class when its calibrated probability reaches its threshold *or* it is the most probable class;
+a case no priority class claims gets the most probable remaining class (e.g. normal). A
+threshold therefore only ever adds sensitivity to what the argmax already gives.
+
+Thresholds are chosen on the **validation** split only, in priority order, each as the highest
+threshold at which the class's validation sensitivity under the policy meets its target, so it
+costs as little specificity as the target allows; when the argmax alone already meets the target
+the threshold is 1.0 (it never needs to fire). A target validation cannot meet is reported, not
+hidden.
 """
 
 from __future__ import annotations
@@ -26,21 +30,22 @@ class DecisionPolicy:
     validation: dict[str, Any] = field(default_factory=dict)
 
     def decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Decisions (class indices) and which threshold fired (-1: none, fallback to argmax)."""
+        """Decisions (class indices) and which class's threshold was reached (-1: none)."""
         p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
         n = p.shape[0]
+        arg = p.argmax(axis=1)
         decision = np.full(n, -1)
         fired = np.full(n, -1)
         for c in self.priority:
             i = self.classes.index(c)
-            hit = (decision < 0) & (p[:, i] >= self.thresholds[c])
+            reached = p[:, i] >= self.thresholds[c]
+            hit = (decision < 0) & (reached | (arg == i))
             decision[hit] = i
-            fired[hit] = i
-        rest = [i for i, c in enumerate(self.classes) if c not in self.priority] or list(
-            range(len(self.classes))
-        )
+            fired[hit & reached] = i
+        rest = [i for i, c in enumerate(self.classes) if c not in self.priority]
         undecided = decision < 0
         if undecided.any():
+            rest = rest or list(range(len(self.classes)))
             sub = p[undecided][:, rest]
             decision[undecided] = np.array(rest)[sub.argmax(axis=1)]
         return decision, fired
@@ -83,6 +88,7 @@ def fit_policy(
     y = np.asarray(y_val, dtype=int)
     p = np.asarray(probs_val, dtype=np.float64)
     classes = list(classes)
+    arg = p.argmax(axis=1)
     claimed = np.zeros(len(y), dtype=bool)  # cases already decided by a higher-priority class
     thresholds: dict[str, float] = {}
     report: dict[str, Any] = {}
@@ -91,37 +97,44 @@ def fit_policy(
         pos = y == i
         n_pos = int(pos.sum())
         target = targets.get(c)
+        free = pos & ~claimed
+        argmax_hits = free & (arg == i)
         if target is None:
-            thresholds[c] = 0.5
+            thresholds[c] = 1.0
         elif n_pos == 0:
-            thresholds[c] = 0.5
+            thresholds[c] = 1.0
             report[c] = {
                 "target": target,
                 "achieved": float("nan"),
                 "met": False,
                 "n_val_positives": 0,
-                "note": f"no {c} cases in validation: threshold left at 0.5",
+                "note": f"no {c} cases in validation: no threshold can be chosen",
             }
         else:
-            eligible = pos & ~claimed
-            cand = np.sort(np.unique(p[eligible, i]))[::-1]  # high → low
-            best_t, best_s = None, -1.0
-            for t in cand:
-                s = float((eligible & (p[:, i] >= t)).sum()) / n_pos
-                if s >= target:
-                    best_t, best_s = float(t), s
-                    break
-                best_t, best_s = float(t), s
-            t = best_t if best_t is not None else 0.0
-            thresholds[c] = t
+            best_t, best_s = 1.0, float(argmax_hits.sum()) / n_pos
+            if best_s < target:
+                for t in np.sort(np.unique(p[free, i]))[::-1]:  # high → low
+                    best_t = float(t)
+                    best_s = float((free & ((p[:, i] >= t) | (arg == i))).sum()) / n_pos
+                    if best_s >= target:
+                        break
+            thresholds[c] = best_t
             met = best_s >= target
-            report[c] = {"target": target, "achieved": best_s, "met": met, "n_val_positives": n_pos}
+            report[c] = {
+                "target": target,
+                "achieved": best_s,
+                "met": met,
+                "n_val_positives": n_pos,
+                "argmax_sensitivity": float(((arg == i) & pos).sum()) / n_pos,
+            }
+            if best_t >= 1.0:
+                report[c]["note"] = "the most probable class alone meets the target on validation"
             if not met:
                 report[c]["note"] = (
                     f"validation cannot meet the {c} sensitivity target {target:.2f}: the best "
-                    f"reachable is {best_s:.2f} (at threshold {t:.3f})"
+                    f"reachable is {best_s:.2f} (at threshold {best_t:.3f})"
                 )
-        claimed |= p[:, i] >= thresholds[c]
+        claimed |= (p[:, i] >= thresholds[c]) | (arg == i)
     policy = DecisionPolicy(classes, list(priority), thresholds, dict(targets), report)
     dec, _ = policy.decide(p)
     for c in priority:

@@ -319,11 +319,11 @@ def _pneumonia(
     zone, lateral = ((0.47, 0.78), (0.2, 0.8)) if side < 0 else ((0.40, 0.62), (0.45, 0.85))
     c0 = _sample_in_lung(rng, lung, zone, min_soft=0.95, lateral=lateral)
     op = np.zeros_like(x)
-    n_blobs = int(rng.integers(2, 6))
+    n_blobs = int(rng.integers(3, 7))
     for i in range(n_blobs):
-        cx = c0[0] + (0.0 if i == 0 else rng.normal(0, 0.08))
+        cx = c0[0] + (0.0 if i == 0 else rng.normal(0, 0.09))
         cy = c0[1] + (0.0 if i == 0 else abs(rng.normal(0, 0.07)))  # spread downwards
-        sx, sy = rng.uniform(0.10, 0.19), rng.uniform(0.08, 0.16)
+        sx, sy = rng.uniform(0.11, 0.20), rng.uniform(0.09, 0.17)
         op += rng.uniform(0.5, 1.0) * _blob(
             x, y, cx, cy, max(sx, 2 * px), max(sy, 2 * px), rng.uniform(0, np.pi)
         )
@@ -332,8 +332,8 @@ def _pneumonia(
     op = op * op * (3.0 - 2.0 * op)  # smoothstep: plateau with soft edges
     # Patchy, fluffy airspace filling (texture of a few pixels at 128 px), unlike the smooth
     # soft-tissue shadows (heart, diaphragm) it could otherwise be mistaken for.
-    patch = 0.6 * _smooth_noise(rng, x.shape[0], 9) + 0.4 * _smooth_noise(rng, x.shape[0], 22)
-    op = op * np.clip(0.85 + 0.3 * patch, 0.4, 1.0)
+    patch = 0.5 * _smooth_noise(rng, x.shape[0], 8) + 0.5 * _smooth_noise(rng, x.shape[0], 30)
+    op = op * np.clip(0.8 + 0.35 * patch, 0.3, 1.0)
     bronchograms = bool(rng.random() < 0.6)
     if bronchograms:
         hx, hy = side * 0.19, -0.02
@@ -443,7 +443,7 @@ def render_chest_case(rng: np.random.Generator, label: str, size: int) -> ChestC
         lesion_fn = _pneumonia if label == "pneumonia" else _tuberculosis
         op, meta["lesion"] = lesion_fn(les, x, y, lungs, px)
         # Contrast: mostly clearly visible, some subtle.
-        contrast = les.uniform(0.10, 0.16) if les.random() < 0.15 else les.uniform(0.16, 0.36)
+        contrast = les.uniform(0.12, 0.18) if les.random() < 0.12 else les.uniform(0.18, 0.38)
         contrast *= 1.15 if label == "pneumonia" else 1.2  # relative to aerated lung
         meta["lesion"]["contrast"] = float(contrast)
         img = img + np.float32(contrast) * op

@@ -1,0 +1,193 @@
+"""Issue 4's numerics: intervals that cover, calibration that helps, thresholds from validation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    f1_score,
+    matthews_corrcoef,
+    roc_auc_score,
+)
+
+from medlens.evaluate.calibration import TemperatureScaling, calibration_errors, softmax
+from medlens.evaluate.heldout import Scores, evaluate_test, fit_on_validation
+from medlens.evaluate.intervals import metrics_with_intervals, sensitivity_at_specificity
+from medlens.evaluate.policy import DecisionPolicy, compare_argmax_policy, fit_policy
+
+CLASSES = ["normal", "pneumonia", "tuberculosis"]
+
+
+def _scores(seed: int, n: int = 300, k: int = 3, sep: float = 1.5):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), y] += sep
+    return y, logits
+
+
+@pytest.mark.parametrize("ordinal", [False, True])
+def test_point_estimates_equal_sklearn(ordinal: bool):
+    y, z = _scores(0)
+    p = softmax(z)
+    m = metrics_with_intervals(y, p, CLASSES, n_bootstrap=20, ordinal=ordinal)
+    pred = p.argmax(1)
+    o = m["overall"]
+    assert o["accuracy"]["value"] == pytest.approx(accuracy_score(y, pred))
+    assert o["balanced_accuracy"]["value"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert o["macro_f1"]["value"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert o["mcc"]["value"] == pytest.approx(matthews_corrcoef(y, pred))
+    kappa = cohen_kappa_score(y, pred, weights="quadratic" if ordinal else None)
+    assert o["kappa"]["value"] == pytest.approx(kappa)
+    for i, c in enumerate(CLASSES):
+        pc = m["per_class"][c]
+        assert pc["roc_auc"]["value"] == pytest.approx(roc_auc_score(y == i, p[:, i]))
+        assert pc["pr_auc"]["value"] == pytest.approx(average_precision_score(y == i, p[:, i]))
+        tn = ((pred != i) & (y != i)).sum()
+        fn = ((pred != i) & (y == i)).sum()
+        assert pc["npv"]["value"] == pytest.approx(tn / (tn + fn))
+        sens = pc["sensitivity"]
+        assert sens["ci_low"] <= sens["value"] <= sens["ci_high"]
+
+
+def test_sensitivity_at_specificity():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.8, 0.4, 0.7, 0.9, 0.95])
+    # specificity ≥ 0.75 allows one false positive (0.8): all positives above 0.3 → 1.0
+    assert sensitivity_at_specificity(y, s, 0.75) == pytest.approx(1.0)
+    # specificity 1.0: threshold above 0.8 → positives 0.9, 0.95 → 0.5
+    assert sensitivity_at_specificity(y, s, 1.0) == pytest.approx(0.5)
+
+
+def test_interval_covers_true_auc_in_at_least_90_percent_of_draws():
+    """Binormal scores with a known AUC: Φ(d/√2). 200 simulated test sets, 95 % intervals."""
+    from scipy.stats import norm
+
+    d = 1.2
+    true_auc = norm.cdf(d / math.sqrt(2))
+    rng = np.random.default_rng(42)
+    covered = 0
+    draws = 200
+    for i in range(draws):
+        n = 120
+        y = (rng.random(n) < 0.4).astype(int)
+        score = rng.normal(size=n) + d * y
+        p1 = 1 / (1 + np.exp(-score))
+        probs = np.stack([1 - p1, p1], axis=1)
+        m = metrics_with_intervals(y, probs, ["neg", "pos"], n_bootstrap=150, seed=i)
+        ci = m["per_class"]["pos"]["roc_auc"]
+        covered += ci["ci_low"] <= true_auc <= ci["ci_high"]
+    assert covered / draws >= 0.90
+
+
+def test_degenerate_single_class_is_nan_with_warning():
+    y = np.zeros(20, dtype=int)
+    p = softmax(np.random.default_rng(0).normal(size=(20, 3)))
+    with pytest.warns(RuntimeWarning, match="absent"):
+        m = metrics_with_intervals(y, p, CLASSES, n_bootstrap=20)
+    assert math.isnan(m["per_class"]["pneumonia"]["roc_auc"]["value"])
+    assert math.isnan(m["overall"]["macro_roc_auc"]["value"])
+
+
+def test_temperature_scaling_lowers_ece_of_overconfident_model():
+    y, z = _scores(1, n=2000, sep=1.0)
+    overconfident = z * 4.0  # same argmax, far too sharp
+    ts = TemperatureScaling().fit(overconfident[:1000], y[:1000])
+    assert ts.temperature > 2.0
+    before = calibration_errors(y[1000:], softmax(overconfident[1000:]))["ece"]
+    after = calibration_errors(y[1000:], ts(overconfident[1000:]))["ece"]
+    assert after < before / 2
+    assert (ts(overconfident).argmax(1) == overconfident.argmax(1)).all()
+
+
+def test_calibration_errors_match_a_hand_computed_case():
+    # two bins used: conf 0.9 (correct, correct) and 0.6 (wrong)
+    p = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
+    y = np.array([0, 0, 0])
+    e = calibration_errors(y, p, n_bins=10)
+    assert e["ece"] == pytest.approx((2 * 0.1 + 1 * 0.6) / 3)
+    assert e["mce"] == pytest.approx(0.6)
+
+
+def test_policy_meets_targets_on_validation_and_ignores_test_labels():
+    y_val, z_val = _scores(2, n=400, sep=3.0)
+    p_val = softmax(z_val)
+    targets = {"tuberculosis": 0.9, "pneumonia": 0.85}
+    pol = fit_policy(y_val, p_val, CLASSES, ["tuberculosis", "pneumonia"], targets)
+    dec, fired = pol.decide(p_val)
+    for c, t in targets.items():
+        i = CLASSES.index(c)
+        assert ((dec == i) & (y_val == i)).sum() / (y_val == i).sum() >= t
+        assert pol.validation[c]["met"]
+    # fired is the priority class or -1 (fallback)
+    assert set(np.unique(fired)) <= {-1, 1, 2}
+    # Thresholds come from validation only: two different test label sets, same thresholds.
+    val = Scores([str(i) for i in range(400)], y_val, z_val)
+    fitted_a = fit_on_validation(val, CLASSES, ["tuberculosis", "pneumonia"], targets)
+    y_test, z_test = _scores(3, n=200, sep=3.0)
+    res_a = evaluate_test(Scores(["t"] * 200, y_test, z_test), fitted_a, CLASSES, n_bootstrap=10)
+    shuffled = np.random.default_rng(0).permutation(y_test)
+    fitted_b = fit_on_validation(val, CLASSES, ["tuberculosis", "pneumonia"], targets)
+    res_b = evaluate_test(Scores(["t"] * 200, shuffled, z_test), fitted_b, CLASSES, n_bootstrap=10)
+    assert res_a["policy"]["thresholds"] == res_b["policy"]["thresholds"]
+    assert res_a["accuracy"] != res_b["accuracy"]
+
+
+def test_policy_raises_sensitivity_over_argmax_and_reports_costs():
+    y, z = _scores(4, n=600, sep=0.8)
+    p = softmax(z)
+    pol = fit_policy(
+        y[:300],
+        p[:300],
+        CLASSES,
+        ["tuberculosis", "pneumonia"],
+        {"tuberculosis": 0.95, "pneumonia": 0.9},
+    )
+    cmp = compare_argmax_policy(y[300:], p[300:], pol)
+    tb = cmp["per_class"]["tuberculosis"]
+    assert tb["policy"]["sensitivity"] >= tb["argmax"]["sensitivity"]
+    assert (
+        cmp["per_class"]["normal"]["policy"]["sensitivity"]
+        <= cmp["per_class"]["normal"]["argmax"]["sensitivity"]
+    )
+    mp = cmp["missed_priority_positives"]
+    assert mp["policy"] <= mp["argmax"]
+
+
+def test_unreachable_target_is_said():
+    # pneumonia cases all have tiny p(pneumonia) and large p(tb): TB claims them first
+    p = np.array([[0.02, 0.08, 0.9]] * 10 + [[0.05, 0.05, 0.9]] * 10 + [[0.9, 0.05, 0.05]] * 10)
+    y = np.array([1] * 10 + [2] * 10 + [0] * 10)
+    pol = fit_policy(
+        y, p, CLASSES, ["tuberculosis", "pneumonia"], {"tuberculosis": 0.9, "pneumonia": 0.9}
+    )
+    assert pol.validation["tuberculosis"]["met"]
+    rep = pol.validation["pneumonia"]
+    assert not rep["met"] and "cannot meet" in rep["note"]
+
+
+def test_policy_round_trip():
+    pol = DecisionPolicy(CLASSES, ["tuberculosis"], {"tuberculosis": 0.3}, {"tuberculosis": 0.9})
+    again = DecisionPolicy.from_dict(pol.to_dict())
+    p = np.array([[0.5, 0.2, 0.3], [0.6, 0.3, 0.1]])
+    assert (again.decide(p)[0] == [2, 0]).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_bootstrap_figures_equal_sklearn(seed: int):
+    """The vectorised replicate path gives scikit-learn's numbers, ties included."""
+    from medlens.evaluate.intervals import _all_figures
+
+    y, z = _scores(seed, n=150)
+    p = np.round(softmax(z), 2)  # rounding creates many tied scores
+    exact = _all_figures(y, p, 3, False, 0.9, exact=True)
+    fast = _all_figures(y, p, 3, False, 0.9, exact=False)
+    for key in ("roc_auc", "pr_auc", "sens_at_spec", "sensitivity", "specificity", "ppv", "npv"):
+        np.testing.assert_allclose(fast[key], exact[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    assert (fast["confusion_matrix"] == exact["confusion_matrix"]).all()
