@@ -14,7 +14,7 @@ def test_builtin_chest_recipe_loads():
     r = load_recipe("chest_xray")
     assert r.task.classes == ["normal", "pneumonia", "tuberculosis"]
     assert r.task.priority == ["tuberculosis", "pneumonia"]
-    assert r.pipeline().output_size == (128, 128)
+    assert r.pipeline().output_size == (64, 64)
     assert r.in_chans() == 1
     assert (BUILTIN_RECIPE_DIR / "chest_xray.yaml").is_file()
 
