@@ -92,3 +92,44 @@ def test_tampered_bundle_refused_after_training(run, tmp_path: Path):
     w.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"model\.safetensors"):
         Predictor.from_bundle(copy)
+
+
+def test_run_is_tracked_ranked_and_promotable(run, tmp_path: Path):
+    from medlens.bundle import load_bundle
+    from medlens.errors import MedlensError
+    from medlens.track import leaderboard, promote
+
+    _, out, result = run
+    assert result.mlflow_run_id is not None
+    rows = leaderboard(out, "val_macro_f1")
+    assert rows and rows[0]["run_id"] in {result.mlflow_run_id, *[r["run_id"] for r in rows]}
+    ours = next(r for r in rows if r["run_id"] == result.mlflow_run_id)
+    assert ours["test_macro_f1"] == pytest.approx(result.metrics["macro_f1"])
+    with pytest.raises(MedlensError, match="validation metric"):
+        leaderboard(out, "test_macro_f1")
+    exported = promote(out, result.mlflow_run_id, tmp_path / "promoted")
+    # the exported bundle is the one that run logged (a later re-run re-seals run_dir/bundle)
+    assert load_bundle(exported).sha256 == ours["bundle_sha256"]
+
+
+def test_report_has_intervals_calibration_and_policy(run):
+    _, _, result = run
+    html = result.report.read_text()
+    for needle in (
+        "95 % CI",
+        "Calibration",
+        "argmax vs risk-prioritised",
+        "Worklists",
+        "clinician",
+    ):
+        assert needle in html
+    assert "<script" not in html  # self-contained, static
+    assert "data:image/png;base64," in html
+    m = result.metrics
+    assert m["calibration"]["fitted_on"] == "validation"
+    assert set(m["policy"]["thresholds"]) == {"tuberculosis", "pneumonia"}
+    assert (
+        m["intervals"]["overall"]["macro_f1"]["ci_low"]
+        <= m["macro_f1"]
+        <= m["intervals"]["overall"]["macro_f1"]["ci_high"]
+    )

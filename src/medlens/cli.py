@@ -63,6 +63,7 @@ def train(
     out: Annotated[Path, typer.Option(help="runs folder")] = Path("runs"),
     epochs: Annotated[int | None, typer.Option(help="override train.epochs")] = None,
     fresh: Annotated[bool, typer.Option(help="ignore earlier checkpoints and train again")] = False,
+    track: Annotated[bool, typer.Option(help="log the run to MLflow (<out>/mlflow.db)")] = True,
     progress: Annotated[bool | None, typer.Option(help="show progress bars")] = None,
 ) -> None:
     """Train a recipe, evaluate it on its held-out test split and write a verified bundle."""
@@ -72,7 +73,9 @@ def train(
     r = load_recipe(recipe)
     if epochs is not None:
         r.train.epochs = epochs
-    result = run_recipe(r, out, data=data, progress=_progress_enabled(progress), fresh=fresh)
+    result = run_recipe(
+        r, out, data=data, progress=_progress_enabled(progress), fresh=fresh, track=track
+    )
     _print_run(result)
 
 
@@ -175,6 +178,41 @@ def report(
 
 
 @app.command()
+def leaderboard(
+    runs: Annotated[Path, typer.Option(help="runs folder holding mlflow.db")] = Path("runs"),
+    metric: Annotated[str, typer.Option(help="validation metric to rank on")] = "val_macro_f1",
+    recipe: Annotated[str | None, typer.Option(help="only runs of this recipe")] = None,
+) -> None:
+    """Rank tracked runs on a validation metric (test figures shown with intervals)."""
+    from medlens.track import leaderboard as board
+
+    rows = board(runs, metric, recipe)
+    t = Table(title=f"Leaderboard — ranked on {metric} (validation)")
+    for col in ("#", "run id", "recipe", "model", metric, "test macro-F1 [95 % CI]"):
+        t.add_column(col)
+    for i, r in enumerate(rows, start=1):
+        lo, hi = r["test_macro_f1_ci"]
+        f1 = "n/a" if r["test_macro_f1"] is None else f"{r['test_macro_f1']:.3f}"
+        ci = f" [{lo:.3f}–{hi:.3f}]" if lo is not None and hi is not None else ""
+        t.add_row(
+            str(i), r["run_id"], r["recipe"] or "", r["model"] or "", f"{r[metric]:.4f}", f1 + ci
+        )
+    console.print(t if rows else f"no tracked runs with {metric} in {runs}")
+
+
+@app.command()
+def promote(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id (see `medlens leaderboard`)")],
+    out: Annotated[Path, typer.Option(help="where to write the bundle")] = Path("promoted"),
+    runs: Annotated[Path, typer.Option(help="runs folder holding mlflow.db")] = Path("runs"),
+) -> None:
+    """Export a tracked run's verified bundle."""
+    from medlens.track import promote as do_promote
+
+    console.print(f"bundle of run {run_id} written to {do_promote(runs, run_id, out)} (verified)")
+
+
+@app.command()
 def models(
     pattern: Annotated[str | None, typer.Argument(help="wildcard, e.g. 'resnet*'")] = None,
 ) -> None:
@@ -209,6 +247,8 @@ def demo(
         recipe.train.epochs = epochs
     console.rule("[bold]medlens demo[/]: chest X-ray screening on phantoms")
     result = run_recipe(recipe, out, progress=_progress_enabled(progress), fresh=fresh)
+    if result.mlflow_run_id:
+        console.print(f"tracked in MLflow as run {result.mlflow_run_id} ({out}/mlflow.db)")
     _print_run(result)
 
     predictor = Predictor.from_bundle(result.bundle_dir)

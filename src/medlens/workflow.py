@@ -40,6 +40,7 @@ class RunResult:
     seconds: float
     model: Any = None  # the trained network (best validation weights), for callers in-process
     report: Path | None = None
+    mlflow_run_id: str | None = None
 
 
 def ensure_phantoms(recipe: Recipe, root: Path) -> Path:
@@ -116,6 +117,7 @@ def run_recipe(
     data: str | Path | None = None,
     progress: bool = True,
     fresh: bool = False,
+    track: bool = True,
 ) -> RunResult:
     """Train, bundle and evaluate a recipe into ``out_dir/<recipe name>``."""
     from medlens.train.trainer import fit
@@ -197,6 +199,20 @@ def run_recipe(
     test_scores.write_csv(run_dir / "test_scores.csv", classes)
     _write_test_predictions(run_dir / "test_predictions.csv", preds, classes, test)
     report = render_report(run_dir)
+    run_id = None
+    if track:
+        from medlens.bundle import load_bundle
+        from medlens.track import log_run
+
+        run_id = log_run(
+            out_dir,
+            recipe,
+            run_dir,
+            bundle_dir,
+            metrics,
+            result.best_score,
+            load_bundle(bundle_dir).sha256,
+        )
     return RunResult(
         run_dir,
         bundle_dir,
@@ -208,6 +224,7 @@ def run_recipe(
         time.perf_counter() - t0,
         result.model,
         report,
+        run_id,
     )
 
 
