@@ -141,7 +141,7 @@ def leaderboard(
             f"rank on a validation metric (e.g. val_macro_f1, val_loss), not {metric!r}: choosing "
             "a model by its test score turns the test set into a validation set"
         )
-    mlflow, client = _client(runs_dir)
+    _, client = _client(runs_dir)
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         return []
@@ -174,7 +174,7 @@ def promote(runs_dir: Path, run_id: str, out: Path) -> Path:
     """Copy a run's bundle out of the store, verified, to ``out``."""
     from medlens.bundle import load_bundle
 
-    mlflow, client = _client(runs_dir)
+    _, client = _client(runs_dir)
     try:
         client.get_run(run_id)
     except Exception:
