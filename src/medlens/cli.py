@@ -64,6 +64,9 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="override train.epochs")] = None,
     fresh: Annotated[bool, typer.Option(help="ignore earlier checkpoints and train again")] = False,
     track: Annotated[bool, typer.Option(help="log the run to MLflow (<out>/mlflow.db)")] = True,
+    allow_leakage: Annotated[
+        bool, typer.Option(help="train even if copies or patients cross splits (reported)")
+    ] = False,
     progress: Annotated[bool | None, typer.Option(help="show progress bars")] = None,
 ) -> None:
     """Train a recipe, evaluate it on its held-out test split and write a verified bundle."""
@@ -73,6 +76,8 @@ def train(
     r = load_recipe(recipe)
     if epochs is not None:
         r.train.epochs = epochs
+    if allow_leakage:
+        r.split.allow_leakage = True
     result = run_recipe(
         r, out, data=data, progress=_progress_enabled(progress), fresh=fresh, track=track
     )
@@ -167,6 +172,100 @@ def predict(
         raise typer.Exit(2)
 
 
+def _data_manifest(data: Path, recipe: str | None):  # type: ignore[no-untyped-def]
+    from medlens.data.manifest import from_folder, load_manifest
+    from medlens.recipes import load_recipe
+
+    path = data.expanduser().resolve()
+    if recipe is None:
+        if path.is_dir() and not (path / "manifest.csv").is_file():
+            return from_folder(path), None
+        from medlens.data.manifest import from_csv
+
+        return from_csv(path / "manifest.csv" if path.is_dir() else path), None
+    r = load_recipe(recipe)
+    return load_manifest(r.data, path, r.task.classes), r
+
+
+@app.command()
+def audit(
+    data: Annotated[Path, typer.Argument(help="class folders, a CSV or .npz")],
+    recipe: Annotated[
+        str | None, typer.Option(help="recipe giving classes and data columns")
+    ] = None,
+    against: Annotated[
+        Path | None, typer.Option(help="another folder (e.g. a test set) to check for leakage")
+    ] = None,
+    splits: Annotated[Path | None, typer.Option(help="a splits.csv to check for leakage")] = None,
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("audit"),
+    near_threshold: Annotated[
+        int, typer.Option(help="perceptual-hash distance for near copies")
+    ] = 12,
+    probe: Annotated[bool, typer.Option(help="run the shortcut probe")] = True,
+    progress: Annotated[bool | None, typer.Option(help="show progress bars")] = None,
+) -> None:
+    """Find unreadable files, duplicates, leakage and shortcuts; write an HTML + JSON report."""
+    from medlens.data.audit import audit as run_audit
+    from medlens.data.audit import write_audit
+    from medlens.data.manifest import from_folder
+    from medlens.data.splits import read_splits
+
+    if against is not None and splits is not None:
+        raise MedlensError("give either --against or --splits, not both")
+    manifest, _ = _data_manifest(data, recipe)
+    other = from_folder(against, manifest.classes) if against is not None else None
+    sp = read_splits(splits, manifest) if splits is not None else None
+    rep = run_audit(
+        manifest,
+        splits=sp,
+        against=other,
+        near_threshold=near_threshold,
+        probe=probe,
+        progress=_progress_enabled(progress),
+    )
+    html_path, json_path = write_audit(rep, out)
+    colours = {"ok": "green", "warning": "yellow", "critical": "bold red"}
+    for f in rep.verdict:
+        console.print(
+            f"[{colours.get(f.severity, 'white')}]{f.severity}[/]: {f.message}", highlight=False
+        )
+    console.print(f"report: {html_path}  ({json_path})")
+    if rep.severity == "critical":
+        raise typer.Exit(1)
+
+
+@app.command()
+def split(
+    data: Annotated[Path, typer.Argument(help="class folders, a CSV or .npz")],
+    recipe: Annotated[
+        str | None, typer.Option(help="recipe giving classes and split settings")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="where to write the splits CSV")] = Path("splits.csv"),
+    progress: Annotated[bool | None, typer.Option(help="show progress bars")] = None,
+) -> None:
+    """Stratified, patient-grouped train/val/test split that keeps every copy with its original."""
+    from medlens.data.audit import duplicate_groups
+    from medlens.data.splits import make_splits, write_splits
+    from medlens.recipes import SplitConfig
+
+    manifest, r = _data_manifest(data, recipe)
+    cfg = r.split if r is not None else SplitConfig()
+    copies = (
+        duplicate_groups(
+            manifest, near_threshold=cfg.copy_threshold, progress=_progress_enabled(progress)
+        )
+        if cfg.group_copies
+        else {}
+    )
+    s = make_splits(manifest, cfg.val, cfg.test, cfg.seed, cfg.group_by_patient, copies=copies)
+    write_splits(s, manifest, out)
+    c = s.counts()
+    console.print(
+        f"train {c['train']}, val {c['val']}, test {c['test']}; "
+        f"{len(set(copies.values()))} copy group(s) kept together; written to {out}"
+    )
+
+
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="a run folder written by `medlens train`")],
@@ -210,6 +309,58 @@ def promote(
     from medlens.track import promote as do_promote
 
     console.print(f"bundle of run {run_id} written to {do_promote(runs, run_id, out)} (verified)")
+
+
+@app.command()
+def serve(
+    bundle: Annotated[list[Path], typer.Option(help="bundle folder (repeat for several models)")],
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    workspace: Annotated[Path, typer.Option(help="database, uploads and results")] = Path(
+        "medlens-workspace"
+    ),
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DATABASE_URL", help="SQLAlchemy URL (default: SQLite in the workspace)"
+        ),
+    ] = None,
+    max_upload_mb: Annotated[int, typer.Option(help="largest upload accepted")] = 20,
+    signup_closed: Annotated[bool, typer.Option(help="start with sign-up closed")] = False,
+) -> None:
+    """Start the clinician web service (FastAPI + SQLite/PostgreSQL) on the given bundles."""
+    try:
+        from medlens.serve import run
+    except ImportError as exc:
+        raise MedlensError(
+            f"the web service needs its extras: pip install 'medlens[serve]' ({exc})"
+        ) from None
+    run(
+        bundle,
+        host=host,
+        port=port,
+        database_url=database_url,
+        workspace=workspace,
+        max_upload_mb=max_upload_mb,
+        signup_open=not signup_closed,
+    )
+
+
+@app.command("serve-admin")
+def serve_admin(
+    username: Annotated[str, typer.Argument(help="account name")],
+    workspace: Annotated[Path, typer.Option(help="the service's workspace")] = Path(
+        "medlens-workspace"
+    ),
+    database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL")] = None,
+    role: Annotated[str, typer.Option(help="admin or clinician")] = "admin",
+) -> None:
+    """Create an account for the web service (password asked for, never echoed)."""
+    from medlens.serve import create_account
+
+    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    create_account(username, password, role=role, workspace=workspace, database_url=database_url)
+    console.print(f"account {username!r} ({role}) created")
 
 
 @app.command()

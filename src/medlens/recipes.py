@@ -94,6 +94,19 @@ class SplitConfig(_Strict):
     test: float = Field(0.15, gt=0, lt=0.5)
     seed: int = 0
     group_by_patient: bool = True
+    group_copies: bool = Field(
+        True, description="keep exact and near copies of an image in one split (and check it)"
+    )
+    copy_threshold: int = Field(
+        4,
+        ge=0,
+        le=40,
+        description="perceptual-hash distance (of 128 bits) under which two images are copies; "
+        "`medlens audit` reports looser look-alikes",
+    )
+    allow_leakage: bool = Field(
+        False, description="train even when copies or patients cross splits (the report says so)"
+    )
 
 
 class ModelConfig(_Strict):

@@ -17,7 +17,7 @@ import numpy as np
 
 from medlens.bundle import add_file, save_bundle
 from medlens.data.manifest import Manifest, Sample, load_manifest
-from medlens.data.splits import load_or_make_splits
+from medlens.data.splits import Splits, load_or_make_splits
 from medlens.errors import DataError
 from medlens.evaluate.heldout import Scores, evaluate_test, fit_on_validation, json_safe
 from medlens.evaluate.metrics import classification_metrics
@@ -111,6 +111,36 @@ def evaluate_samples(
     return classification_metrics(scores.y, probs, classes), preds, errors
 
 
+def leakage_checked_splits(
+    recipe: Recipe, manifest: Manifest, run_dir: Path, progress: bool = False
+) -> tuple[Splits, bool, dict[str, Any]]:
+    """Draw (or reuse) the split with copies kept together, then refuse one that leaks.
+
+    A reused ``splits.csv`` may come from elsewhere: it is checked for copies and patients that
+    cross train/val/test, and training stops with the counts and example paths unless the recipe
+    sets ``split.allow_leakage`` — then the run's report records the override.
+    """
+    from medlens.data.audit import duplicate_groups, split_leakage
+
+    cfg = recipe.split
+    copies = None
+    if cfg.group_copies:
+        copies = duplicate_groups(manifest, near_threshold=cfg.copy_threshold, progress=progress)
+    splits, reused = load_or_make_splits(manifest, cfg, run_dir / "splits.csv", copies=copies)
+    leak = split_leakage(manifest, splits, copies=copies or {}, near_threshold=cfg.copy_threshold)
+    info: dict[str, Any] = {
+        "checked": True,
+        "ok": leak.ok,
+        "copy_groups": len(set((copies or {}).values())),
+    }
+    if not leak.ok:
+        if not cfg.allow_leakage:
+            leak.raise_if_leaking()
+        log.warning("split leaks, trained anyway (split.allow_leakage): %s", leak.message)
+        info.update({"override": True, "message": leak.message})
+    return splits, reused, info
+
+
 def run_recipe(
     recipe: Recipe,
     out_dir: str | Path,
@@ -127,7 +157,7 @@ def run_recipe(
     run_dir = out_dir / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = recipe_manifest(recipe, data, out_dir)
-    splits, reused = load_or_make_splits(manifest, recipe.split, run_dir / "splits.csv")
+    splits, reused, leakage = leakage_checked_splits(recipe, manifest, run_dir, progress)
     result = fit(recipe, manifest, splits, run_dir, progress=progress, fresh=fresh)
 
     bundle_dir = run_dir / "bundle"
@@ -192,6 +222,7 @@ def run_recipe(
         n_bins=ev.calibration_bins,
     )
     metrics["unreadable"] = {**val_errors, **errors}
+    metrics["leakage"] = leakage
     metrics["settings"] = ev.model_dump(mode="json")
     add_file(bundle_dir, "metrics.json", json.dumps(metrics, indent=2))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

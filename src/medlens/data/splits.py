@@ -1,9 +1,14 @@
-"""Stratified train/val/test splits, grouped by patient, written once and reused.
+"""Stratified train/val/test splits, grouped by patient and by copy, written once and reused.
 
 Grouping keeps every image of one patient in one split (a model must never be tested on a patient
-it trained on). The split is written to ``splits.csv`` beside the run; a later run over the same
-data reads it back instead of drawing a new one, so a resumed or repeated run is evaluated on the
-same held-out images. scikit-learn's ``StratifiedGroupKFold`` does the grouping and stratification.
+it trained on), and, when copy groups are given (``copies``, from
+:func:`medlens.data.audit.duplicate_groups`), every exact or near copy of an image in its
+original's split: the same image saved under two names, or an augmented copy written into the
+data folder, would otherwise be trained on and then "tested". Groups are the union of both
+relations (union-find): two copies of one image from two patients tie both patients together.
+The split is written to ``splits.csv`` beside the run; a later run over the same data reads it
+back instead of drawing a new one, so a resumed or repeated run is evaluated on the same held-out
+images. scikit-learn's ``StratifiedGroupKFold`` does the grouping and stratification.
 """
 
 from __future__ import annotations
@@ -46,23 +51,81 @@ def _fold_out(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> 
     return mask
 
 
+def _find(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def split_groups(
+    manifest: Manifest, group_by_patient: bool = True, copies: dict[str, int] | None = None
+) -> list[int]:
+    """One group id per sample: samples sharing a patient id or a copy group share a group.
+
+    Union-find over both relations, so a chain (A copy of B, B same patient as C) is one group.
+    """
+    n = len(manifest.samples)
+    parent = list(range(n))
+    first: dict[tuple[str, object], int] = {}
+    for i, s in enumerate(manifest.samples):
+        links: list[tuple[str, object]] = []
+        if group_by_patient and s.patient_id:
+            links.append(("patient", s.patient_id))
+        if copies:
+            gid = copies.get(manifest.key(s))
+            if gid is not None:
+                links.append(("copy", gid))
+        for link in links:
+            j = first.setdefault(link, i)
+            ri, rj = _find(parent, i), _find(parent, j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    return [_find(parent, i) for i in range(n)]
+
+
 def make_splits(
     manifest: Manifest,
     val: float = 0.15,
     test: float = 0.15,
     seed: int = 0,
     group_by_patient: bool = True,
+    copies: dict[str, int] | None = None,
+    find_copies: bool = False,
 ) -> Splits:
+    """Draw a stratified split that never separates a patient's images or copies of an image.
+
+    ``copies`` maps ``manifest.key(sample)`` to a copy-group id (from
+    :func:`medlens.data.audit.duplicate_groups` or ``AuditReport.copies()``);
+    ``find_copies=True`` computes it here (reads and hashes every image once).
+    """
     if len(manifest) < 6:
         raise DataError(
             f"only {len(manifest)} labelled images: too few to split into train/val/test"
         )
+    if copies is None and find_copies:
+        from medlens.data.audit import duplicate_groups
+
+        copies = duplicate_groups(manifest)
     y = np.array(manifest.labels())
     uids = [manifest.key(s) for s in manifest.samples]
-    if group_by_patient:
-        groups = np.array([s.patient_id or manifest.key(s) for s in manifest.samples])
+    if not copies:  # the original grouping, so existing seeds draw the same split as before
+        groups = np.array(
+            [
+                (s.patient_id if group_by_patient else None) or manifest.key(s)
+                for s in manifest.samples
+            ]
+        )
     else:
-        groups = np.array(uids)
+        groups = np.array(split_groups(manifest, group_by_patient, copies))
+        largest = int(np.unique(groups, return_counts=True)[1].max())
+        if largest > (1.0 - val - test) * len(uids):
+            raise DataError(
+                f"{largest} of {len(uids)} images are tied into one group (patient ids and "
+                "copies joined): too large to fit in the training split. Check the patient ids, "
+                "or run `medlens audit` to see the duplicate groups (a lower near-copy threshold "
+                "splits look-alike chains)."
+            )
     test_mask = _fold_out(y, groups, test, seed)
     rest = np.flatnonzero(~test_mask)
     val_mask_rest = _fold_out(y[rest], groups[rest], val / (1.0 - test), seed + 1)
@@ -110,10 +173,17 @@ def read_splits(path: Path, manifest: Manifest) -> Splits:
     return Splits(assignment)
 
 
-def load_or_make_splits(manifest: Manifest, cfg: object, path: Path) -> tuple[Splits, bool]:
+def load_or_make_splits(
+    manifest: Manifest,
+    cfg: object,
+    path: Path,
+    *,
+    copies: dict[str, int] | None = None,
+) -> tuple[Splits, bool]:
     """Reuse ``path`` when it exists; else draw, write and return a new split.
 
-    Returns ``(splits, reused)``.
+    Copies are kept together when ``copies`` is given, or when ``cfg.group_copies`` is true
+    (then they are found here). Returns ``(splits, reused)``.
     """
     if path.is_file():
         return read_splits(path, manifest), True
@@ -123,6 +193,8 @@ def load_or_make_splits(manifest: Manifest, cfg: object, path: Path) -> tuple[Sp
         test=getattr(cfg, "test", 0.15),
         seed=getattr(cfg, "seed", 0),
         group_by_patient=getattr(cfg, "group_by_patient", True),
+        copies=copies,
+        find_copies=bool(getattr(cfg, "group_copies", False)),
     )
     for name in SPLITS:
         if splits.counts()[name] == 0:

@@ -264,6 +264,17 @@ def render_report(run_dir: str | Path) -> Path:
             ],
         )
     )
+    leak = metrics.get("leakage") or {}
+    if leak.get("override"):
+        parts.append(
+            "<p class='warn'><strong>This split leaks</strong> (trained anyway because "
+            f"split.allow_leakage is set): {html.escape(leak.get('message', ''))}</p>"
+        )
+    elif leak.get("checked"):
+        parts.append(
+            f"<p class='note'>Split checked: no exact/near copies ({leak.get('copy_groups', 0)} "
+            "copy groups kept together) and no patient crosses train/validation/test.</p>"
+        )
     parts.append("<h2>Overall (test, calibrated probabilities, argmax)</h2>")
     names = {
         "accuracy": "accuracy",

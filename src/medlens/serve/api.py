@@ -1,0 +1,313 @@
+"""REST API under ``/api/v1`` for scripts and other systems; OpenAPI at ``/api/v1/openapi.json``.
+
+Authentication is a personal API token in ``Authorization: Bearer mlt_...`` (created on the
+Tokens page, shown once, stored hashed). Cookies are never accepted here, which is why these
+routes need no CSRF token: a browser on another site cannot attach a Bearer header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from medlens.serve import services
+from medlens.serve.db import User
+from medlens.serve.engine import METHODS
+from medlens.serve.services import ServeState
+from medlens.serve.uploads import UploadRejected, validate_upload
+
+bearer = HTTPBearer(auto_error=False, description="Personal API token (mlt_...)")
+
+
+def state_of(request: Request) -> ServeState:
+    return request.app.state.medlens
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    db = state_of(request).db()
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+DB = Annotated[Session, Depends(get_db)]
+
+
+def api_user(
+    db: DB, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> User:
+    user = services.bearer_user(db, creds.credentials if creds else None)
+    if user is None:
+        raise HTTPException(
+            401, "missing or invalid API token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return user
+
+
+ApiUser = Annotated[User, Depends(api_user)]
+router = APIRouter(prefix="/api/v1", tags=["medlens"])
+
+
+class Health(BaseModel):
+    status: str
+    models: int
+    database: str
+
+
+class ModelInfo(BaseModel):
+    key: str
+    name: str
+    model: str
+    bundle_sha256: str
+    classes: list[str]
+    priority: list[str]
+    thresholds: dict[str, float]
+    calibrated: bool
+    ensemble: bool
+    intended_use: str
+
+
+class SummarySection(BaseModel):
+    heading: str
+    text: str
+
+
+class BundleRef(BaseModel):
+    key: str
+    name: str
+    sha256: str
+
+
+class ResultOut(BaseModel):
+    """One prediction. ``decision`` is the policy's; ``label`` the most probable class."""
+
+    id: str
+    created_at: str
+    file: str = Field(description="sanitised display name of the uploaded file")
+    source_format: str
+    deidentified: bool
+    model: str
+    bundle: BundleRef
+    decision: str
+    decision_rule: str
+    decision_threshold: float | None
+    decision_probability: float | None
+    label: str
+    confidence: float
+    calibrated: bool
+    probabilities: dict[str, float]
+    thresholds: dict[str, float]
+    borderline: list[str]
+    priority_rank: int
+    risk: float
+    summary: list[SummarySection]
+    summary_llm: str | None
+    preprocess_info: dict[str, Any]
+    disclaimer: str
+    links: dict[str, str]
+
+
+class ResultList(BaseModel):
+    total: int
+    results: list[ResultOut]
+
+
+class WorklistItem(BaseModel):
+    rank: int
+    file: str
+    result: ResultOut | None
+    error: str | None
+
+
+class JobOut(BaseModel):
+    id: str
+    status: str
+    total: int
+    done: int
+    failed: int
+    model: str
+    worklist: list[WorklistItem] | None = None
+    links: dict[str, str]
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _reject(exc: UploadRejected) -> HTTPException:
+    return HTTPException(exc.status, exc.message)
+
+
+@router.get("/health", response_model=Health)
+def health(request: Request, db: DB) -> Health:
+    db.execute(text("SELECT 1"))
+    return Health(status="ok", models=len(state_of(request).models), database="ok")
+
+
+@router.get("/models", response_model=list[ModelInfo])
+def models(request: Request, user: ApiUser) -> list[ModelInfo]:
+    return [ModelInfo(**m.describe()) for m in state_of(request).models]
+
+
+@router.post("/predict", response_model=ResultOut, status_code=201)
+def predict(
+    request: Request,
+    db: DB,
+    user: ApiUser,
+    file: Annotated[UploadFile, File(description="PNG, JPEG or DICOM")],
+    model: Annotated[str | None, Form(max_length=200)] = None,
+) -> dict[str, Any]:
+    st = state_of(request)
+    s = st.settings
+    chosen = st.models.get(model)
+    if chosen is None:
+        raise HTTPException(400, f"unknown model {model!r}; GET /api/v1/models lists them")
+    try:
+        v = validate_upload(
+            file.file.read(s.max_upload_bytes + 1),
+            file.filename,
+            max_bytes=s.max_upload_bytes,
+            max_pixels=s.max_pixels,
+            tmp_dir=st.workspace.tmp,
+            keep_dicom_identifiers=s.keep_dicom_identifiers,
+        )
+    except UploadRejected as exc:
+        raise _reject(exc) from None
+    r = services.create_result_from_upload(st, db, user, v, chosen)
+    return services.result_dict(st, r, _base(request))
+
+
+def _job_out(request: Request, db: Session, job: Any, with_list: bool) -> JobOut:
+    st = state_of(request)
+    base = _base(request)
+    items = None
+    if with_list and job.status not in ("queued", "running"):
+        items = [
+            WorklistItem(
+                rank=i,
+                file=it.display_name,
+                result=ResultOut(**services.result_dict(st, it.result, base))
+                if it.result
+                else None,
+                error=it.error,
+            )
+            for i, it in enumerate(services.worklist(db, job), start=1)
+        ]
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        total=job.total,
+        done=job.done,
+        failed=job.failed,
+        model=job.bundle_key,
+        worklist=items,
+        links={
+            "self": f"{base}/api/v1/batch/{job.id}",
+            "csv": f"{base}/api/v1/batch/{job.id}/worklist.csv",
+            "page": f"{base}/batch/{job.id}",
+        },
+    )
+
+
+@router.post("/batch", response_model=JobOut, status_code=202)
+def batch(
+    request: Request,
+    db: DB,
+    user: ApiUser,
+    files: Annotated[list[UploadFile], File(description="images and/or zip archives")],
+    model: Annotated[str | None, Form(max_length=200)] = None,
+) -> JobOut:
+    from medlens.serve.web import batch_entries, create_job
+
+    st = state_of(request)
+    chosen = st.models.get(model)
+    if chosen is None:
+        raise HTTPException(400, f"unknown model {model!r}")
+    try:
+        entries = batch_entries(st, files)
+    except UploadRejected as exc:
+        raise _reject(exc) from None
+    job = create_job(st, db, user, entries, chosen.key)
+    return _job_out(request, db, job, with_list=False)
+
+
+@router.get("/batch/{job_id}", response_model=JobOut)
+def batch_status(request: Request, db: DB, user: ApiUser, job_id: str) -> JobOut:
+    return _job_out(request, db, services.get_job(db, user, job_id), with_list=True)
+
+
+@router.get("/batch/{job_id}/worklist.csv", response_class=Response)
+def batch_csv(request: Request, db: DB, user: ApiUser, job_id: str) -> Response:
+    from medlens.serve.web import worklist_csv
+
+    job = services.get_job(db, user, job_id)
+    return Response(worklist_csv(state_of(request), db, job), media_type="text/csv")
+
+
+@router.get("/results", response_model=ResultList)
+def results(
+    request: Request,
+    db: DB,
+    user: ApiUser,
+    q: Annotated[str, Query(max_length=100)] = "",
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    rows, total = services.search_results(db, user, q, limit, offset)
+    st, base = state_of(request), _base(request)
+    return {"total": total, "results": [services.result_dict(st, r, base) for r in rows]}
+
+
+@router.get("/results/{result_id}", response_model=ResultOut)
+def result(request: Request, db: DB, user: ApiUser, result_id: str) -> dict[str, Any]:
+    r = services.get_result(db, user, result_id)
+    return services.result_dict(state_of(request), r, _base(request))
+
+
+@router.delete("/results/{result_id}", status_code=204, response_class=Response)
+def delete_result(request: Request, db: DB, user: ApiUser, result_id: str) -> Response:
+    services.delete_result(state_of(request), db, services.get_result(db, user, result_id))
+    return Response(status_code=204)
+
+
+@router.get(
+    "/results/{result_id}/explain",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 503: {"description": "heatmap unavailable"}},
+)
+def explain(
+    request: Request,
+    db: DB,
+    user: ApiUser,
+    result_id: str,
+    method: Annotated[str, Query(description=", ".join(METHODS))] = "gradcam++",
+) -> Response:
+    if method not in METHODS:
+        raise HTTPException(400, f"unknown method {method!r}; one of {', '.join(METHODS)}")
+    r = services.get_result(db, user, result_id)
+    data, note = services.heatmap_png(state_of(request), r, method)
+    if data is None:
+        raise HTTPException(503, note or "heatmap unavailable")
+    return Response(data, media_type="image/png")
+
+
+@router.get(
+    "/results/{result_id}/report.pdf",
+    response_class=Response,
+    responses={200: {"content": {"application/pdf": {}}}},
+)
+def report(
+    request: Request, db: DB, user: ApiUser, result_id: str, method: str = "gradcam++"
+) -> Response:
+    if method not in METHODS:
+        raise HTTPException(400, f"unknown method {method!r}")
+    r = services.get_result(db, user, result_id)
+    return Response(services.report_pdf(state_of(request), r, method), media_type="application/pdf")

@@ -1,0 +1,166 @@
+"""PDF report of one result (reportlab): what a clinician files or prints.
+
+Decision first, then how sure, the images (original, preprocessed, heatmap), calibrated
+probabilities as bars with the policy thresholds, the plain-language summary, and the provenance
+(model, bundle name and SHA-256, date) with the disclaimer on every page.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import datetime
+
+from medlens.inference import DISCLAIMER
+
+
+@dataclass
+class ReportData:
+    result_id: str
+    display_name: str
+    created_at: datetime
+    model_name: str
+    bundle_name: str
+    bundle_sha256: str
+    intended_use: str
+    decision: str
+    label: str
+    confidence_decision: float
+    decision_threshold: float | None
+    calibrated: bool
+    probabilities: dict[str, float]
+    thresholds: dict[str, float]
+    summary: list[tuple[str, str]]
+    borderline: list[str]
+    original_png: bytes | None
+    preprocessed_png: bytes | None
+    heatmap_png: bytes | None
+    heatmap_method: str
+    heatmap_note: str | None
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_pdf(d: ReportData) -> bytes:
+    from reportlab.graphics.shapes import Drawing, Line, Rect, String
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+    from reportlab.lib.units import mm
+    from reportlab.platypus import (
+        Image,
+        Paragraph,
+        SimpleDocTemplate,
+        Spacer,
+        Table,
+        TableStyle,
+    )
+
+    styles = getSampleStyleSheet()
+    body = styles["BodyText"]
+    small = ParagraphStyle("small", parent=body, fontSize=8, leading=10)
+    head = ParagraphStyle("head", parent=styles["Heading1"], fontSize=16, spaceAfter=4)
+    big = ParagraphStyle("big", parent=body, fontSize=14, leading=18, spaceAfter=2)
+    buf = io.BytesIO()
+
+    def footer(canvas, doc) -> None:  # type: ignore[no-untyped-def]
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7.5)
+        canvas.drawString(15 * mm, 10 * mm, DISCLAIMER)
+        canvas.drawRightString(195 * mm, 10 * mm, f"page {doc.page}")
+        canvas.restoreState()
+
+    doc = SimpleDocTemplate(
+        buf,
+        pagesize=A4,
+        leftMargin=15 * mm,
+        rightMargin=15 * mm,
+        topMargin=14 * mm,
+        bottomMargin=18 * mm,
+        title=f"medlens result {d.result_id}",
+        author="medlens",
+        subject="Decision-support report",
+    )
+    story: list = [Paragraph("medlens decision-support report", head)]
+    kind = "calibrated probability" if d.calibrated else "uncalibrated score"
+    story.append(
+        Paragraph(
+            f"<b>Decision: {_esc(d.decision)}</b> &mdash; {kind} "
+            f"{100 * d.confidence_decision:.0f}%",
+            big,
+        )
+    )
+    if d.decision_threshold is not None:
+        rule = f"policy threshold {100 * d.decision_threshold:.0f}% for {_esc(d.decision)} fired"
+    else:
+        rule = "no threshold fired: the most probable class decides"
+    story.append(Paragraph(f"Rule: {rule}. Most probable class: {_esc(d.label)}.", body))
+    if d.borderline:
+        story.append(Paragraph("<b>Borderline:</b> " + _esc("; ".join(d.borderline)), body))
+    story.append(Paragraph(f"<b>{_esc(DISCLAIMER)}</b>", body))
+    story.append(Spacer(1, 4 * mm))
+
+    # Images side by side.
+    cells, captions = [], []
+    for png, cap in (
+        (d.original_png, "Original"),
+        (d.preprocessed_png, "Preprocessed (model input view)"),
+        (d.heatmap_png, f"Heatmap ({d.heatmap_method}) for {d.decision}"),
+    ):
+        if png:
+            img = Image(io.BytesIO(png))
+            scale = min(56 * mm / img.imageWidth, 56 * mm / img.imageHeight)
+            img.drawWidth, img.drawHeight = img.imageWidth * scale, img.imageHeight * scale
+            cells.append(img)
+        else:
+            cells.append(Paragraph(_esc(d.heatmap_note or "image unavailable"), small))
+        captions.append(Paragraph(_esc(cap), small))
+    t = Table([cells, captions], colWidths=[60 * mm] * 3)
+    t.setStyle(
+        TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")])
+    )
+    story += [t, Spacer(1, 4 * mm)]
+
+    # Probability bars with threshold marks.
+    story.append(Paragraph(f"<b>Probabilities</b> ({kind})", body))
+    items = sorted(d.probabilities.items(), key=lambda kv: -kv[1])
+    row_h, width, x0 = 16, 120 * mm, 34 * mm
+    drawing = Drawing(180 * mm, row_h * len(items) + 6)
+    for i, (c, p) in enumerate(items):
+        y = row_h * (len(items) - 1 - i) + 4
+        drawing.add(String(0, y + 3, c[:22], fontName="Helvetica", fontSize=9))
+        drawing.add(Rect(x0, y, width, 10, fillColor=colors.HexColor("#e6e9ef"), strokeColor=None))
+        fill = colors.HexColor("#b42318") if c == d.decision else colors.HexColor("#475467")
+        drawing.add(Rect(x0, y, width * p, 10, fillColor=fill, strokeColor=None))
+        drawing.add(
+            String(x0 + width + 6, y + 2, f"{100 * p:.1f}%", fontName="Helvetica", fontSize=9)
+        )
+        t_c = d.thresholds.get(c)
+        if t_c is not None and t_c < 1.0:
+            drawing.add(Line(x0 + width * t_c, y - 2, x0 + width * t_c, y + 12, strokeWidth=1.5))
+    story += [drawing, Paragraph("Vertical marks: the policy's thresholds.", small)]
+    story.append(Spacer(1, 3 * mm))
+
+    for h, text in d.summary:
+        story.append(Paragraph(f"<b>{_esc(h)}.</b> {_esc(text)}", body))
+    story.append(Spacer(1, 3 * mm))
+
+    prov = [
+        ["Result", d.result_id],
+        ["File (display name)", d.display_name],
+        ["Date (UTC)", d.created_at.strftime("%Y-%m-%d %H:%M")],
+        ["Model", d.model_name],
+        ["Bundle", d.bundle_name],
+        ["Bundle SHA-256", d.bundle_sha256],
+        ["Intended use", d.intended_use or "-"],
+    ]
+    pt = Table(
+        [[Paragraph(_esc(a), small), Paragraph(_esc(b), small)] for a, b in prov],
+        colWidths=[38 * mm, 142 * mm],
+    )
+    pt.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.25, colors.grey)]))
+    story.append(pt)
+    doc.build(story, onFirstPage=footer, onLaterPages=footer)
+    return buf.getvalue()

@@ -1,0 +1,523 @@
+"""Uploads: checked cheaply, decoded and validated, de-identified - all before anything is stored.
+
+The order matters. Size is checked on the raw bytes; the format from the content's magic bytes
+(never the name); the pixel count from the header (PNG IHDR, JPEG SOF via Pillow's lazy open,
+DICOM Rows/Columns without pixel data), so a 20,000 x 20,000 "image" is refused before a single
+row is decompressed. Only then is the image decoded with :func:`medlens.data.io.read_image` - the
+loader training used - from a private temporary file inside the workspace that is deleted
+whatever happens. DICOM identifying attributes are removed *before* that temporary file is
+written, so the identifiers never reach the disk.
+
+What is stored is never the user's file: PNG and JPEG become a metadata-free PNG of the decoded
+pixels (no EXIF, XMP or text chunks that could carry a name; 8-bit sources round-trip exactly),
+and DICOM the de-identified object. The user's file name survives only as sanitised display text.
+
+Batches arrive as many files or as one zip. Zip entries are read in memory through
+:mod:`zipfile` with a read limit per entry (declared sizes can lie) and a total budget, and never
+extracted, so entry names such as ``../../etc/passwd`` are inert display text.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+import unicodedata
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+
+from medlens.data.io import LoadedImage, read_image
+from medlens.errors import ImageReadError
+
+
+class UploadRejected(Exception):
+    """An upload refused for a reason the user can act on; ``status`` is the HTTP code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass
+class ValidatedImage:
+    kind: str  # png | jpeg | dicom
+    loaded: LoadedImage
+    stored_bytes: bytes
+    suffix: str
+    width: int
+    height: int
+    display_name: str
+    deidentified: bool
+    removed_tags: list[str] = field(default_factory=list)
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+# DICOM PS3.15 Annex E basic application level confidentiality profile: the attributes that
+# identify a patient, a clinician, an institution or a visit. Every person name (VR PN), every
+# date/time, every private tag and every overlay/curve group is removed as well; UIDs are
+# replaced by fresh ones so the stored object cannot be linked back to the source study.
+DEIDENTIFY_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "AccessionNumber",
+        "AcquisitionComments",
+        "AcquisitionDeviceProcessingDescription",
+        "ActualHumanPerformersSequence",
+        "AdditionalPatientHistory",
+        "AdmissionID",
+        "AdmittingDiagnosesCodeSequence",
+        "AdmittingDiagnosesDescription",
+        "Allergies",
+        "Arbitrary",
+        "AuthorObserverSequence",
+        "BranchOfService",
+        "CommentsOnThePerformedProcedureStep",
+        "ConsultingPhysicianName",
+        "ContentCreatorName",
+        "ContentSequence",
+        "ContributionDescription",
+        "CountryOfResidence",
+        "CurrentPatientLocation",
+        "CustodialOrganizationSequence",
+        "DerivationDescription",
+        "DeviceSerialNumber",
+        "DeviceUID",
+        "DischargeDiagnosisDescription",
+        "EthnicGroup",
+        "FillerOrderNumberImagingServiceRequest",
+        "FrameComments",
+        "GraphicAnnotationSequence",
+        "HumanPerformerName",
+        "HumanPerformerOrganization",
+        "IconImageSequence",
+        "IdentifyingComments",
+        "ImageComments",
+        "ImagePresentationComments",
+        "ImagingServiceRequestComments",
+        "InstitutionAddress",
+        "InstitutionalDepartmentName",
+        "InstitutionCodeSequence",
+        "InstitutionName",
+        "InsurancePlanIdentification",
+        "IntendedRecipientsOfResultsIdentificationSequence",
+        "InterpretationApproverSequence",
+        "InterpretationAuthor",
+        "InterpretationRecorder",
+        "InterpretationTranscriber",
+        "IssuerOfAdmissionID",
+        "IssuerOfPatientID",
+        "MedicalAlerts",
+        "MedicalRecordLocator",
+        "MilitaryRank",
+        "ModifiedAttributesSequence",
+        "NameOfPhysiciansReadingStudy",
+        "NamesOfIntendedRecipientsOfResults",
+        "Occupation",
+        "OperatorIdentificationSequence",
+        "OperatorsName",
+        "OriginalAttributesSequence",
+        "OrderCallbackPhoneNumber",
+        "OrderEnteredBy",
+        "OrderEntererLocation",
+        "OtherPatientIDs",
+        "OtherPatientIDsSequence",
+        "OtherPatientNames",
+        "ParticipantSequence",
+        "PatientAddress",
+        "PatientAge",
+        "PatientBirthDate",
+        "PatientBirthName",
+        "PatientBirthTime",
+        "PatientComments",
+        "PatientID",
+        "PatientInsurancePlanCodeSequence",
+        "PatientMotherBirthName",
+        "PatientName",
+        "PatientPrimaryLanguageCodeSequence",
+        "PatientReligiousPreference",
+        "PatientSex",
+        "PatientSexNeutered",
+        "PatientSize",
+        "PatientState",
+        "PatientTelephoneNumbers",
+        "PatientTransportArrangements",
+        "PatientWeight",
+        "PerformedLocation",
+        "PerformedProcedureStepDescription",
+        "PerformedProcedureStepID",
+        "PerformingPhysicianIdentificationSequence",
+        "PerformingPhysicianName",
+        "PersonAddress",
+        "PersonIdentificationCodeSequence",
+        "PersonName",
+        "PersonTelephoneNumbers",
+        "PhysicianApprovingInterpretation",
+        "PhysiciansOfRecord",
+        "PhysiciansOfRecordIdentificationSequence",
+        "PhysiciansReadingStudyIdentificationSequence",
+        "PlacerOrderNumberImagingServiceRequest",
+        "PregnancyStatus",
+        "ProtocolName",
+        "ReasonForStudy",
+        "ReferencedPatientAliasSequence",
+        "ReferencedPatientPhotoSequence",
+        "ReferencedPatientSequence",
+        "ReferencedPerformedProcedureStepSequence",
+        "ReferencedStudySequence",
+        "ReferringPhysicianAddress",
+        "ReferringPhysicianIdentificationSequence",
+        "ReferringPhysicianName",
+        "ReferringPhysicianTelephoneNumbers",
+        "RegionOfResidence",
+        "RequestAttributesSequence",
+        "RequestedProcedureComments",
+        "RequestedProcedureDescription",
+        "RequestedProcedureID",
+        "RequestedProcedureLocation",
+        "RequestingPhysician",
+        "RequestingService",
+        "ResponsibleOrganization",
+        "ResponsiblePerson",
+        "ResultsComments",
+        "ResultsDistributionListSequence",
+        "ScheduledHumanPerformersSequence",
+        "ScheduledPatientInstitutionResidence",
+        "ScheduledPerformingPhysicianIdentificationSequence",
+        "ScheduledPerformingPhysicianName",
+        "ScheduledProcedureStepDescription",
+        "ScheduledProcedureStepID",
+        "ScheduledProcedureStepLocation",
+        "SeriesDescription",
+        "SmokingStatus",
+        "SpecialNeeds",
+        "StationName",
+        "StudyComments",
+        "StudyDescription",
+        "StudyID",
+        "TextComments",
+        "TextString",
+        "TopicAuthor",
+        "TopicKeywords",
+        "TopicSubject",
+        "TopicTitle",
+        "VerifyingObserverIdentificationCodeSequence",
+        "VerifyingObserverName",
+        "VerifyingObserverSequence",
+        "VerifyingOrganization",
+        "VisitComments",
+    }
+)
+_UID_KEYWORDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+    "SynchronizationFrameOfReferenceUID",
+    "IrradiationEventUID",
+)
+
+
+def sanitise_name(name: str | None, fallback: str = "upload") -> str:
+    """Display text from a user's file name: last path component, printable, at most 120 chars.
+
+    Never used to build a path; templates escape it again on output.
+    """
+    raw = name or ""
+    base = PureWindowsPath(PurePosixPath(raw).name).name  # strips "/" and "\\" components
+    base = unicodedata.normalize("NFKC", base)
+    base = "".join(ch for ch in base if ch.isprintable() and unicodedata.category(ch)[0] != "C")
+    base = re.sub(r"\s+", " ", base).strip().lstrip(".")
+    return (base or fallback)[:120]
+
+
+def sniff_kind(data: bytes) -> str:
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    sample = data[:16]
+    try:
+        text = sample.decode("utf-8")
+        what = f"it starts with text {text[:12]!r}" if text.isprintable() else None
+    except UnicodeDecodeError:
+        what = None
+    if data.startswith(b"PK\x03\x04"):
+        what = "it is a zip archive (use the batch upload for archives)"
+    what = what or f"it starts with bytes {sample[:8].hex(' ')}"
+    raise UploadRejected(
+        415,
+        "Not a PNG, JPEG or DICOM image: the content does not match any of them "
+        f"({what}). DICOM files need the standard 128-byte preamble and 'DICM' prefix.",
+    )
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    # Signature (8) + IHDR length (4) + "IHDR" (4) + width (4) + height (4).
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise UploadRejected(400, "Corrupt PNG: the IHDR header is missing.")
+    w, h = struct.unpack(">II", data[16:24])
+    return int(w), int(h)
+
+
+def _pil_size(data: bytes, kind: str, max_pixels: int) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                return int(im.size[0]), int(im.size[1])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UploadRejected(
+            413, f"Image too large: more than the {max_pixels / 1e6:.0f} megapixel limit."
+        ) from None
+    except Exception as exc:
+        raise UploadRejected(400, f"Corrupt {kind.upper()} header: {exc}") from None
+
+
+def _dicom_header(data: bytes) -> Any:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception as exc:
+        raise UploadRejected(400, f"Corrupt DICOM file: {exc}") from None
+
+
+def check_pixels(width: int, height: int, frames: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise UploadRejected(400, f"Image has no pixels ({width} x {height}).")
+    total = width * height * max(frames, 1)
+    if total > max_pixels:
+        frames_txt = f" x {frames} frames" if frames > 1 else ""
+        raise UploadRejected(
+            413,
+            f"Image too large: {width} x {height}{frames_txt} = {total / 1e6:.1f} megapixels, "
+            f"over the {max_pixels / 1e6:.0f} megapixel limit.",
+        )
+
+
+def deidentify_dicom(ds: Any) -> list[str]:
+    """Remove identifying attributes in place (all nesting levels); return what was removed."""
+    from pydicom.uid import generate_uid
+
+    removed: set[str] = set()
+
+    def visit(dataset: Any) -> None:
+        for elem in list(dataset):
+            group = elem.tag.group
+            kw = elem.keyword or ""
+            drop = (
+                elem.tag.is_private
+                or kw in DEIDENTIFY_KEYWORDS
+                or elem.VR in ("PN", "DA", "DT", "TM")
+                or 0x6000 <= group <= 0x60FF  # overlays can hold burned-in text
+                or 0x5000 <= group <= 0x50FF  # curves
+            )
+            if drop:
+                removed.add(kw or str(elem.tag))
+                del dataset[elem.tag]
+            elif elem.VR == "SQ":
+                for item in elem.value:
+                    visit(item)
+
+    visit(ds)
+    new_uids = {}
+    for kw in _UID_KEYWORDS:
+        if kw in ds:
+            new_uids[kw] = generate_uid()
+            setattr(ds, kw, new_uids[kw])
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "MediaStorageSOPInstanceUID" in meta:
+        meta.MediaStorageSOPInstanceUID = new_uids.get("SOPInstanceUID", generate_uid())
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "medlens: PS3.15 basic profile attributes, names, dates removed"
+    return sorted(removed)
+
+
+def _decode(data: bytes, suffix: str, tmp_dir: Path) -> LoadedImage:
+    """Decode with the training loader through a private temporary file that never outlives us."""
+    import tempfile
+
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(suffix=suffix, dir=tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        try:
+            return read_image(name)
+        except ImageReadError as exc:
+            raise UploadRejected(422, f"The image could not be decoded: {exc.reason}") from None
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def canonical_png(loaded: LoadedImage) -> bytes:
+    """Decoded pixels as a metadata-free PNG; 8-bit sources round-trip exactly."""
+    from PIL import Image
+
+    a = np.clip(np.asarray(loaded.array, dtype=np.float32), 0.0, 1.0)
+    if a.ndim == 3 or loaded.bit_depth <= 8:
+        img = Image.fromarray(np.rint(a * 255.0).astype(np.uint8))
+    else:
+        img = Image.fromarray(np.rint(a * 65535.0).astype(np.uint16))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def validate_upload(
+    data: bytes,
+    filename: str | None,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    tmp_dir: Path,
+    keep_dicom_identifiers: bool = False,
+) -> ValidatedImage:
+    """Check, decode and prepare one upload for storage, or raise :class:`UploadRejected`."""
+    display = sanitise_name(filename)
+    if not data:
+        raise UploadRejected(400, "The file is empty.")
+    if len(data) > max_bytes:
+        raise UploadRejected(
+            413,
+            f"File too large: {len(data) / 1e6:.1f} MB, the limit is {max_bytes / 1024 / 1024:.0f} MB.",
+        )
+    kind = sniff_kind(data)
+    removed: list[str] = []
+    if kind == "png":
+        w, h = _png_size(data)
+        check_pixels(w, h, 1, max_pixels)
+        _pil_size(data, kind, max_pixels)
+        to_decode, suffix = data, ".png"
+    elif kind == "jpeg":
+        w, h = _pil_size(data, kind, max_pixels)
+        check_pixels(w, h, 1, max_pixels)
+        to_decode, suffix = data, ".jpg"
+    else:
+        ds = _dicom_header(data)
+        w, h = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
+        if not w or not h:
+            raise UploadRejected(422, "DICOM file without an image (no Rows/Columns).")
+        frames = int(str(ds.get("NumberOfFrames", 1) or 1))
+        check_pixels(w, h, frames, max_pixels)
+        suffix = ".dcm"
+        if keep_dicom_identifiers:
+            to_decode = data
+        else:
+            import pydicom
+
+            try:
+                full = pydicom.dcmread(io.BytesIO(data))
+                removed = deidentify_dicom(full)
+                buf = io.BytesIO()
+                full.save_as(buf)
+            except Exception as exc:
+                raise UploadRejected(422, f"The DICOM file could not be read: {exc}") from None
+            to_decode = buf.getvalue()
+    loaded = _decode(to_decode, suffix, tmp_dir)
+    arr = loaded.array
+    if arr.ndim not in (2, 3) or not np.isfinite(arr).all():
+        raise UploadRejected(422, "The decoded image is not a finite 2-D image.")
+    stored = to_decode if kind == "dicom" else canonical_png(loaded)
+    return ValidatedImage(
+        kind=kind,
+        loaded=loaded,
+        stored_bytes=stored,
+        suffix=".dcm" if kind == "dicom" else ".png",
+        width=int(arr.shape[1]),
+        height=int(arr.shape[0]),
+        display_name=display,
+        deidentified=kind == "dicom" and not keep_dicom_identifiers,
+        removed_tags=removed,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchEntry:
+    display_name: str
+    data: bytes | None
+    error: str | None = None
+
+
+def _zip_entry_count(data: bytes) -> int:
+    """Entry count from the end-of-central-directory record, read before zipfile parses it."""
+    start = max(0, len(data) - 65557)
+    pos = data.rfind(b"PK\x05\x06", start)
+    if pos < 0 or pos + 22 > len(data):
+        raise UploadRejected(400, "Not a valid zip archive (no end-of-archive record).")
+    total = struct.unpack("<H", data[pos + 10 : pos + 12])[0]
+    if total == 0xFFFF:
+        raise UploadRejected(413, "Zip64 archives are not accepted: too many entries.")
+    return int(total)
+
+
+def read_zip(
+    data: bytes, *, max_files: int, max_entry_bytes: int, max_total: int
+) -> list[BatchEntry]:
+    """Entries of a zip read in memory, each capped; never extracted to disk."""
+    n = _zip_entry_count(data)
+    if n > max_files * 2 + 10:  # directories and junk entries count too, within reason
+        raise UploadRejected(413, f"Too many entries in the archive ({n}); limit {max_files}.")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UploadRejected(400, f"Not a valid zip archive: {exc}") from None
+    out: list[BatchEntry] = []
+    budget = max_total
+    with zf:
+        infos = [
+            i
+            for i in zf.infolist()
+            if not i.is_dir()
+            and not PurePosixPath(i.filename).name.startswith(".")
+            and not i.filename.startswith("__MACOSX/")
+        ]
+        if len(infos) > max_files:
+            raise UploadRejected(
+                413, f"Too many files in the archive ({len(infos)}); the limit is {max_files}."
+            )
+        if not infos:
+            raise UploadRejected(400, "The archive holds no files.")
+        for info in infos:
+            name = sanitise_name(info.filename)
+            if info.flag_bits & 0x1:
+                out.append(BatchEntry(name, None, "encrypted archive entry: not read"))
+                continue
+            if info.file_size > max_entry_bytes:
+                out.append(BatchEntry(name, None, "file too large for the per-file limit"))
+                continue
+            try:
+                with zf.open(info) as fh:
+                    content = fh.read(min(max_entry_bytes, budget) + 1)
+            except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as exc:
+                out.append(BatchEntry(name, None, f"unreadable archive entry: {exc}"))
+                continue
+            if len(content) > max_entry_bytes:
+                out.append(BatchEntry(name, None, "file too large for the per-file limit"))
+                continue
+            if len(content) > budget:
+                raise UploadRejected(
+                    413,
+                    f"The archive expands to more than {max_total / 1024 / 1024:.0f} MB; "
+                    "split it into smaller batches.",
+                )
+            budget -= len(content)
+            out.append(BatchEntry(name, content))
+    return out

@@ -1,0 +1,207 @@
+"""Shared helpers for the serve tests (no tests here): one trained bundle per test process,
+app and client factories, and builders for hostile files.
+
+The bundle is trained once per process (about 15 s) and reused by every serve test module; a
+pytest fixture defined in a module would be rebuilt per module, hence the module-level cache.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("sqlalchemy")
+pytest.importorskip("argon2")
+
+PASSWORD = "correct horse battery staple"
+_CACHE: dict[str, Any] = {}
+
+
+def trained_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``{"a": bundle, "b": renamed copy, "images": phantom PNG folder}``, built once."""
+    if "bundles" not in _CACHE:
+        from medlens.bundle import write_sums
+        from medlens.recipes import parse_recipe
+        from medlens.workflow import run_recipe
+        from tests.conftest import tiny_recipe_dict
+
+        root = tmp_path_factory.mktemp("serve_bundle")
+        res = run_recipe(
+            parse_recipe(tiny_recipe_dict(), "t.yaml"), root, progress=False, track=False
+        )
+        a = Path(res.bundle_dir)
+        b = root / "bundle_b"
+        shutil.copytree(a, b)
+        meta = json.loads((b / "bundle.json").read_text())
+        meta["name"] = "tiny_cxr_second"
+        (b / "bundle.json").write_text(json.dumps(meta, indent=2))
+        write_sums(b)
+        images = next(root.glob("data/phantoms_*/images"))
+        _CACHE["bundles"] = {"a": a, "b": b, "images": images}
+    return _CACHE["bundles"]
+
+
+def make_app(workspace: Path, bundles: list[Path], **overrides: Any):  # type: ignore[no-untyped-def]
+    from medlens.serve import ServeSettings, create_app
+
+    opts: dict[str, Any] = {"login_max_per_ip": 1000, "warm_explanations": False}
+    opts.update(overrides)
+    return create_app(ServeSettings(bundles=bundles, workspace=workspace, **opts))
+
+
+def csrf(html: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m, "page has no CSRF token"
+    return m.group(1)
+
+
+def new_client(app, **kw):  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, follow_redirects=False, **kw)
+
+
+def signup(app, username: str, password: str = PASSWORD):  # type: ignore[no-untyped-def]
+    """A client logged in as a new user."""
+    c = new_client(app)
+    tok = csrf(c.get("/signup").text)
+    r = c.post(
+        "/signup",
+        data={"csrf_token": tok, "username": username, "password": password, "password2": password},
+    )
+    assert r.status_code == 303, r.text[:500]
+    return c
+
+
+def token_of(client) -> str:  # type: ignore[no-untyped-def]
+    return csrf(client.get("/upload").text)
+
+
+def upload(client, data: bytes, name: str = "scan.png", model: str = ""):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/upload",
+        data={"csrf_token": token_of(client), "model": model},
+        files={"file": (name, data, "application/octet-stream")},
+    )
+
+
+def upload_ok(client, data: bytes, name: str = "scan.png", model: str = "") -> str:  # type: ignore[no-untyped-def]
+    r = upload(client, data, name, model)
+    assert r.status_code == 303, r.text[:800]
+    return r.headers["location"].rsplit("/", 1)[-1]
+
+
+def api_token(client) -> str:  # type: ignore[no-untyped-def]
+    tok = csrf(client.get("/tokens").text)
+    r = client.post("/tokens", data={"csrf_token": tok, "name": "script"})
+    assert r.status_code == 200
+    m = re.search(r'id="new-token" class="token" readonly value="(mlt_[^"]+)"', r.text)
+    assert m, "new token not shown"
+    return m.group(1)
+
+
+def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A real, valid 1-bit PNG of ``width x height`` black pixels (about 50 kB on disk)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        )
+
+    row = b"\x00" * (1 + (width + 7) // 8)
+    comp = zlib.compressobj(9)
+    raw = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def tiny_dicom(
+    patient_name: str = "Doe^Jane", patient_id: str = "MRN-0042-XYZ", size: int = 48
+) -> bytes:
+    """A small valid DICOM (Part 10) with identifying attributes set, a private tag included."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    ds.InstitutionName = "St Elsewhere Hospital"
+    ds.ReferringPhysicianName = "House^Gregory"
+    ds.AccessionNumber = "ACC-998877"
+    ds.StudyDate = "20240102"
+    ds.Modality = "DX"
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    yy, xx = np.mgrid[0:size, 0:size]
+    ds.PixelData = ((xx + yy) * (4095 // (2 * size))).astype(np.uint16).tobytes()
+    block = ds.private_block(0x0009, "ACME IMAGING", create=True)
+    block.add_new(0x10, "LO", "Jane Doe private copy")
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def make_zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def wait_for_job(client, job_id: str, timeout: float = 90.0) -> dict:  # type: ignore[no-untyped-def]
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        s = client.get(f"/batch/{job_id}/status").json()
+        if s["status"] not in ("queued", "running"):
+            return s
+        time.sleep(0.2)
+    raise AssertionError(f"batch {job_id} did not finish: {s}")
+
+
+def app_routes() -> list[tuple[str, set[str]]]:
+    """(path, methods) of every page and API route, read from the routers themselves."""
+    from medlens.serve import api, web
+
+    return [
+        (r.path, set(r.methods))
+        for router in (web.router, api.router)
+        for r in router.routes
+        if hasattr(r, "methods")
+    ]
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
