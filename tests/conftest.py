@@ -39,6 +39,7 @@ def tiny_recipe_dict(**overrides) -> dict:
         "model": {"name": "small_cnn", "kwargs": {"widths": [8, 16, 16]}},
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.003, "early_stopping_patience": None},
         "evaluate": {"batch_size": 16, "n_bootstrap": 100},
+        "explain": {"max_images": 8, "faithfulness_images": 2, "n_bootstrap": 50},
     }
     for k, v in overrides.items():
         d[k] = v

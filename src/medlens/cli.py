@@ -312,6 +312,49 @@ def promote(
 
 
 @app.command()
+def explain(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="gradcam, gradcam++, hirescam, eigencam, layercam, scorecam, smoothgradcam++"
+        ),
+    ] = "gradcam++",
+    mask: Annotated[
+        list[Path] | None, typer.Option(help="lesion mask per image (repeat, same order)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="folder for overlay PNGs")] = Path("explanations"),
+) -> None:
+    """Heatmaps over the original images, with localisation scores when masks are given."""
+    from medlens.explain import explain_images
+    from medlens.inference import DISCLAIMER, Predictor
+
+    if mask and len(mask) != len(images):
+        raise MedlensError(f"give one --mask per image ({len(images)} images, {len(mask)} masks)")
+    predictor = Predictor.from_bundle(bundle)
+    records = explain_images(predictor, images, method, out, mask)
+    t = Table(title=f"{method} — {predictor.model_name}", caption=DISCLAIMER)
+    for col in ("image", "explained class", "overlay", "pointing game", "energy in mask"):
+        t.add_column(col)
+    for r in records:
+        if r.error:
+            t.add_row(r.path, "[red]unreadable[/]", r.error, "", "")
+            continue
+        sc = r.scores or {}
+        t.add_row(
+            r.path,
+            r.explained_class or "",
+            r.png or "",
+            *[
+                ("" if sc.get(k) is None else f"{float(sc[k]):.3f}")
+                for k in ("pointing_game", "energy_in_mask")
+            ],
+        )
+    console.print(t)
+
+
+@app.command()
 def serve(
     bundle: Annotated[list[Path], typer.Option(help="bundle folder (repeat for several models)")],
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",

@@ -162,6 +162,16 @@ class EvaluateConfig(_Strict):
     confident_wrong: float = Field(0.95, gt=0.5, le=1, description="worklist: wrong with p >= this")
 
 
+class ExplainConfig(_Strict):
+    """The report's explanation section: CAMs on test images that have lesion masks."""
+
+    enabled: bool = True
+    methods: list[str] = Field(default_factory=lambda: ["gradcam", "gradcam++"])
+    max_images: int = Field(80, ge=1, description="test images with masks that are scored")
+    faithfulness_images: int = Field(20, ge=0, description="ROAD is slow: images it runs on")
+    n_bootstrap: int = Field(500, ge=0)
+
+
 class PolicyConfig(_Strict):
     """Sensitivity targets per priority class; thresholds are chosen on validation only."""
 
@@ -193,6 +203,7 @@ class Recipe(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
 
     # Where the recipe came from, to resolve relative data paths; not part of the YAML.
     source_dir: Path | None = Field(None, exclude=True)

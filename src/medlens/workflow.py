@@ -141,6 +141,54 @@ def leakage_checked_splits(
     return splits, reused, info
 
 
+def explain_section(
+    predictor: Predictor, test: list[Sample], recipe: Recipe, run_dir: Path
+) -> None:
+    """CAMs on test images with non-empty lesion masks: scores vs baselines, and overlays.
+
+    Writes ``explanations/section.html`` (embedded by the report) and ``explanations.json``.
+    """
+    from medlens.data.io import read_mask
+    from medlens.errors import MedlensError
+    from medlens.explain import evaluate_explanations, explain_images, explanation_section_html
+
+    cfg = recipe.explain
+    with_masks = []
+    for s in test:
+        if s.mask_path:
+            try:
+                if read_mask(s.mask_path).any():
+                    with_masks.append(s)
+            except MedlensError:
+                continue
+        if len(with_masks) >= cfg.max_images:
+            break
+    out = run_dir / "explanations"
+    if not with_masks:
+        out.mkdir(exist_ok=True)
+        (out / "section.html").write_text(
+            "<section><h2>Explanations</h2><p>No test images with lesion masks: localisation "
+            "was not scored.</p></section>"
+        )
+        return
+    paths = [s.path for s in with_masks]
+    masks = [s.mask_path for s in with_masks]
+    summary = evaluate_explanations(
+        predictor,
+        paths,
+        masks,
+        cfg.methods,
+        faithfulness=cfg.faithfulness_images > 0,
+        faithfulness_images=cfg.faithfulness_images,
+        n_bootstrap=cfg.n_bootstrap,
+    )
+    records = explain_images(predictor, paths, cfg.methods[-1], out / "overlays", masks)
+    (out / "section.html").write_text(explanation_section_html(records, summary))
+    (run_dir / "explanations.json").write_text(
+        json.dumps(json_safe(summary), indent=2, default=str)
+    )
+
+
 def run_recipe(
     recipe: Recipe,
     out_dir: str | Path,
@@ -229,6 +277,8 @@ def run_recipe(
     val_scores.write_csv(run_dir / "val_scores.csv", classes)
     test_scores.write_csv(run_dir / "test_scores.csv", classes)
     _write_test_predictions(run_dir / "test_predictions.csv", preds, classes, test)
+    if recipe.explain.enabled:
+        explain_section(predictor, test, recipe, run_dir)
     report = render_report(run_dir)
     run_id = None
     if track:

@@ -23,7 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from medlens.explain.targets import ExplainError, OutputSelect, resolve_target_layer
+from medlens.explain.targets import (
+    ExplainError,
+    LayerChoice,
+    OutputSelect,
+    resolve_target_layer,
+)
 
 __all__ = ["METHODS", "CamResult", "compute_cam", "explain", "normalise_method"]
 
@@ -174,7 +179,7 @@ def compute_cam(
 def _run_library(
     cam_cls: Any,
     wrapped: nn.Module,
-    choice: Any,
+    choice: LayerChoice,
     xb: torch.Tensor,
     name: str,
     target: Any,

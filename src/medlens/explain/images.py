@@ -186,7 +186,7 @@ def localisation_summary(
         if r.mask is None:
             continue
         if r.scores is None:
-            scorer._skip(r.method, r.skipped or r.error or "skipped")
+            scorer.skip(r.method, r.skipped or r.error or "skipped")
             continue
         scorer.add_scores(r.method, str(i), r.scores)
         for b, s in (r.baseline_scores or {}).items():

@@ -292,16 +292,18 @@ class LocalisationScorer:
         self.random_cells = random_cells
         self.per_image: dict[str, dict[str, dict[str, float]]] = {}
         self.skipped: dict[str, dict[str, int]] = {}
+        self.mask_fraction: dict[str, float] = {}  # lesion share of each scored image
         self._baseline_count = 0
 
-    def _skip(self, method: str, reason: str) -> None:
+    def skip(self, method: str, reason: str) -> None:
+        """Count an image of ``method`` that could not be scored, with the reason."""
         counts = self.skipped.setdefault(method, {})
         counts[reason] = counts.get(reason, 0) + 1
 
     def add_scores(self, method: str, image_id: str, scores: dict[str, float] | None) -> None:
         """Record already computed per-image scores (None: skipped, counted as ``"skipped"``)."""
         if scores is None:
-            self._skip(method, "skipped")
+            self.skip(method, "skipped")
             return
         self.per_image.setdefault(method, {})[str(image_id)] = dict(scores)
 
@@ -311,11 +313,12 @@ class LocalisationScorer:
         """Score one heatmap against its mask; returns the scores (None when skipped)."""
         reason = skip_reason(cam, mask)
         if reason:
-            self._skip(method, reason)
+            self.skip(method, reason)
             return None
         scores = localisation_scores(cam, mask, self.top_fraction)
         assert scores is not None
         self.per_image.setdefault(method, {})[str(image_id)] = scores
+        self.mask_fraction[str(image_id)] = float(np.asarray(mask).astype(bool).mean())
         return scores
 
     def baseline_scores(self, mask: np.ndarray) -> dict[str, dict[str, float] | None]:
@@ -338,11 +341,12 @@ class LocalisationScorer:
         """Score both baselines on this image's mask (call once per image scored)."""
         if not np.asarray(mask).any():
             for b in BASELINES:
-                self._skip(b, "empty_mask")
+                self.skip(b, "empty_mask")
             self._baseline_count += 1
             return
         for b, s in self.baseline_scores(mask).items():
             self.add_scores(b, image_id, s)
+        self.mask_fraction[str(image_id)] = float(np.asarray(mask).astype(bool).mean())
 
     def compute(self) -> dict[str, Any]:
         """Summary: per method the mean and interval of each metric, vs-baseline differences."""
@@ -361,6 +365,10 @@ class LocalisationScorer:
             "n_bootstrap": self.n_bootstrap,
             "seed": self.seed,
             "confidence_level": 1 - self.alpha,
+            # Mean lesion share of the image: the energy in mask of a uniform heatmap.
+            "mean_mask_fraction": (
+                float(np.mean(list(self.mask_fraction.values()))) if self.mask_fraction else None
+            ),
             "methods": methods,
         }
 

@@ -43,7 +43,8 @@ def _fmt(m: dict[str, Any] | None, signed: bool = False) -> str:
     f = "+.3f" if signed else ".3f"
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return f"{v:{f}}"
-    return f"{v:{f}} [{lo:{f}}–{hi:{f}}]"
+    sep = ", " if signed else "–"
+    return f"{v:{f}} [{lo:{f}}{sep}{hi:{f}}]"
 
 
 def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
@@ -70,10 +71,13 @@ def _localisation_html(loc: dict[str, Any]) -> str:
         rows.append(
             [name, *[_fmt(res.get(mt)) for mt in metrics], str(res.get("n", 0)), _skipped(res)]
         )
-    parts = [
-        "<h3>Localisation against lesion masks</h3>",
-        _table(["Method", *[labels[mt] for mt in metrics], "Images", "Skipped"], rows),
-    ]
+    parts = ["<h3>Localisation against lesion masks</h3>"]
+    if (frac := loc.get("mean_mask_fraction")) is not None:
+        parts.append(
+            f"<p>Lesions cover {frac:.1%} of the image on average: the energy in mask a uniform "
+            "heatmap would reach.</p>"
+        )
+    parts.append(_table(["Method", *[labels[mt] for mt in metrics], "Images", "Skipped"], rows))
     cmp_rows = []
     for m in order:
         for b, cmp in (methods[m].get("vs_baselines") or {}).items():

@@ -92,7 +92,8 @@ def select_output(out: Any, head: str | int | None) -> torch.Tensor:
 class TokenReshape:
     """``reshape_transform`` for pytorch-grad-cam: transformer activations to ``B x C x H x W``.
 
-    * 4-D input is taken as channels-last ``B x H x W x C`` (timm's Swin) and permuted;
+    * 4-D input is channels-last ``B x H x W x C`` (timm's Swin) when ``channels_last`` and is
+      permuted; otherwise it is already a map and passes through (a conv layer of a ViT);
     * 3-D ``B x N x C`` tokens lose the first ``num_prefix_tokens`` (class / distillation
       tokens) and the rest are laid out on the patch grid.
 
@@ -106,8 +107,10 @@ class TokenReshape:
         num_prefix_tokens: int = 0,
         grid_size: tuple[int, int] | None = None,
         input_hw: tuple[int, int] | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.num_prefix_tokens = int(num_prefix_tokens)
+        self.channels_last = channels_last
         self.grid_size = tuple(int(v) for v in grid_size) if grid_size is not None else None
         self.input_hw = input_hw
 
@@ -125,7 +128,7 @@ class TokenReshape:
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         if t.ndim == 4:
-            return t.permute(0, 3, 1, 2)
+            return t.permute(0, 3, 1, 2) if self.channels_last else t
         if t.ndim != 3:
             raise ExplainError(f"expected B x N x C tokens, got shape {tuple(t.shape)}")
         tokens = t[:, self.num_prefix_tokens :, :]
@@ -247,14 +250,13 @@ def resolve_target_layer(
         layer, _ = probe_last_spatial_layer(model, x)
         rule, layout = "probe: last module with a spatial 4-D output", "nchw"
     reshape: TokenReshape | None = None
-    if layout in ("tokens", "nhwc"):
-        pe = getattr(model, "patch_embed", None)
-        grid = getattr(pe, "grid_size", None) if layout == "tokens" else None
+    if layout == "tokens":
+        grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
         reshape = TokenReshape(
-            num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0))
-            if layout == "tokens"
-            else 0,
+            num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
             grid_size=tuple(grid) if grid is not None else None,
             input_hw=(int(x.shape[-2]), int(x.shape[-1])),
         )
+    elif layout == "nhwc":
+        reshape = TokenReshape(input_hw=(int(x.shape[-2]), int(x.shape[-1])), channels_last=True)
     return LayerChoice(layer, module_name(model, layer), rule, reshape)
