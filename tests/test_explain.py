@@ -486,6 +486,17 @@ def test_hooks_released_and_no_growth_over_1000_calls():
     assert _hooks(model) == 0
 
 
+def test_explain_inside_inference_mode():
+    """Serving code runs under inference_mode; the heatmap call re-enables autograd itself."""
+    model = create_model("small_cnn", 2, 1, widths=[4, 4, 4])
+    with torch.inference_mode():
+        x = torch.randn(1, 1, 32, 32)
+        cam = explain(model, x, "eigencam")
+        assert cam.shape == (32, 32) and cam.max() == pytest.approx(1.0)
+        assert explain(model, x.numpy()[0], "gradcam++").shape == (32, 32)  # C x H x W array
+    assert _hooks(model) == 0
+
+
 def test_method_names():
     assert normalise_method("Grad-CAM++") == "gradcam++"
     assert normalise_method("smoothgradcampp") == "smoothgradcam++"
