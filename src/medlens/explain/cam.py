@@ -63,7 +63,9 @@ def normalise_method(method: str) -> str:
 class CamResult:
     """A heatmap and what it explains.
 
-    ``cam``: float32 ``H x W`` in [0, 1] at input resolution. ``target_class``: the output index
+    ``cam``: float32 ``H x W`` in [0, 1] at input resolution; all zeros when no region raised
+    the class score (Grad-CAM's ReLU removes every negative contribution): a flat map, which the
+    localisation scorer skips and counts rather than scores. ``target_class``: the output index
     explained. ``layer``: dotted name of the layer the map was read from and ``layer_rule`` how it
     was chosen. ``probability``: softmax probability of ``target_class`` on the clean input.
     """
