@@ -7,7 +7,6 @@ routes need no CSRF token: a browser on another site cannot attach a Bearer head
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
@@ -19,26 +18,11 @@ from sqlalchemy.orm import Session
 
 from medlens.serve import services
 from medlens.serve.db import User
+from medlens.serve.deps import DB, state_of
 from medlens.serve.engine import METHODS
-from medlens.serve.services import ServeState
 from medlens.serve.uploads import UploadRejected, validate_upload
 
 bearer = HTTPBearer(auto_error=False, description="Personal API token (mlt_...)")
-
-
-def state_of(request: Request) -> ServeState:
-    return request.app.state.medlens
-
-
-def get_db(request: Request) -> Iterator[Session]:
-    db = state_of(request).db()
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-DB = Annotated[Session, Depends(get_db)]
 
 
 def api_user(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session
 from medlens.inference import DISCLAIMER
 from medlens.serve import security, services
 from medlens.serve.db import ApiToken, BatchItem, BatchJob, Result, User
+from medlens.serve.deps import DB, state_of
 from medlens.serve.engine import METHOD_LABELS, METHODS
 from medlens.serve.services import NotFound, Refused, ServeState
 from medlens.serve.summary import certainty_words
@@ -50,21 +50,6 @@ class LoginRequired(Exception):
 
 class CsrfFailed(Exception):
     pass
-
-
-def state_of(request: Request) -> ServeState:
-    return request.app.state.medlens
-
-
-def get_db(request: Request) -> Iterator[Session]:
-    db = state_of(request).db()
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-DB = Annotated[Session, Depends(get_db)]
 
 
 def _csrf_source(request: Request) -> str | None:
