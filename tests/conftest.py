@@ -51,3 +51,28 @@ def tiny_recipe():
     from medlens.recipes import parse_recipe
 
     return parse_recipe(tiny_recipe_dict(), "tiny.yaml")
+
+
+def shrunk_recipe(name: str, n: int = 40, size: int = 48):
+    """A built-in recipe cut to seconds: few phantoms, small images, one short epoch."""
+    from medlens.recipes import load_recipe, parse_recipe
+
+    r = load_recipe(name)
+    d = r.model_dump(mode="json", exclude={"source_dir"})
+    d["data"]["phantoms"].update({"n": n, "size": size})
+    for step in d["preprocess"]:
+        if step["step"] == "resize":
+            step["size"] = size
+    d["train"].update(
+        {"epochs": 1, "batch_size": 8, "limit_train_batches": 2, "early_stopping_patience": None}
+    )
+    d["evaluate"].update({"n_bootstrap": 20, "batch_size": 16})
+    d["explain"].update({"max_images": 3, "faithfulness_images": 0, "n_bootstrap": 20})
+    if d.get("segmentation"):
+        d["segmentation"].update({"epochs": 1, "batch_size": 8})
+    for m in d["model"].get("members") or []:
+        if "img_size" in m["kwargs"]:
+            m["kwargs"]["img_size"] = size
+    for c in d.get("candidates", []):
+        c["train"] = {k: v for k, v in c["train"].items() if k != "epochs"}
+    return parse_recipe(d, f"{name} (shrunk)", r.source_dir)

@@ -196,14 +196,17 @@ def test_fast_bootstrap_figures_equal_sklearn(seed: int):
 def test_worklists_find_missed_borderline_and_confident_wrong(tmp_path):
     from medlens.evaluate.worklists import build_worklists, write_worklists_csv
 
-    pol = DecisionPolicy(CLASSES, ["tuberculosis", "pneumonia"],
-                         {"tuberculosis": 0.30, "pneumonia": 0.40})
-    p = np.array([
-        [0.80, 0.10, 0.10],  # TB case called normal: missed positive
-        [0.60, 0.12, 0.28],  # normal, p(TB) 0.28 within 0.05 of 0.30: borderline
-        [0.97, 0.02, 0.01],  # pneumonia case, normal at 0.97: confident wrong + missed
-        [0.10, 0.10, 0.80],  # TB, correct and far from thresholds: no list
-    ])
+    pol = DecisionPolicy(
+        CLASSES, ["tuberculosis", "pneumonia"], {"tuberculosis": 0.30, "pneumonia": 0.40}
+    )
+    p = np.array(
+        [
+            [0.80, 0.10, 0.10],  # TB case called normal: missed positive
+            [0.60, 0.12, 0.28],  # normal, p(TB) 0.28 within 0.05 of 0.30: borderline
+            [0.97, 0.02, 0.01],  # pneumonia case, normal at 0.97: confident wrong + missed
+            [0.10, 0.10, 0.80],  # TB, correct and far from thresholds: no list
+        ]
+    )
     y = np.array([2, 0, 1, 2])
     wl = build_worklists(["a", "b", "c", "d"], y, p, pol, CLASSES, margin=0.05, confident=0.95)
     assert [e.source for e in wl["missed_positive"]] == ["a", "c"]

@@ -46,7 +46,18 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("medlens", "torch", "timm", "numpy", "opencv-python-headless", "scikit-learn"):
+    for pkg in (
+        "medlens",
+        "torch",
+        "timm",
+        "numpy",
+        "opencv-python-headless",
+        "scikit-learn",
+        "scikit-image",
+        "xgboost",
+        "skops",
+        "monai",
+    ):
         with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
     return out

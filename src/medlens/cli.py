@@ -85,6 +85,52 @@ def train(
 
 
 @app.command()
+def compare(
+    recipe: Annotated[str, typer.Argument(help="recipe YAML file or built-in name")],
+    data: Annotated[
+        Path | None, typer.Option(help="data folder, CSV or .npz (overrides the recipe)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="runs folder")] = Path("runs"),
+    epochs: Annotated[int | None, typer.Option(help="override train.epochs for all")] = None,
+    only: Annotated[
+        list[str] | None, typer.Option(help="train only these candidate labels (repeatable)")
+    ] = None,
+    track: Annotated[bool, typer.Option(help="log the runs to MLflow (<out>/mlflow.db)")] = True,
+    progress: Annotated[bool | None, typer.Option(help="show progress bars")] = None,
+) -> None:
+    """Train the recipe's model and its candidates on one split; print a leaderboard."""
+    from medlens.evaluate.intervals import fmt_ci
+    from medlens.recipes import load_recipe
+    from medlens.workflow import compare_recipe
+
+    r = load_recipe(recipe)
+    if epochs is not None:
+        r.train.epochs = epochs
+    rows = compare_recipe(
+        r, out, data=data, progress=_progress_enabled(progress), track=track, only=only
+    )
+    table = Table(title=f"{r.name}: held-out test split (95 % bootstrap intervals)")
+    for col in ("candidate", "model", "macro-F1", "balanced acc.", "macro AUC", "ECE", "time"):
+        table.add_column(col)
+    for row in rows:
+        ece = row["ece_calibrated"]
+        table.add_row(
+            row["label"],
+            row["model"],
+            fmt_ci(row["macro_f1"]),
+            fmt_ci(row["balanced_accuracy"]),
+            fmt_ci(row["macro_roc_auc"]),
+            "n/a" if ece is None else f"{ece:.3f}",
+            f"{row['seconds']:.0f} s",
+        )
+    console.print(table)
+    console.print(
+        f"n = {rows[0]['n_test'] if rows else 0} test images, the same for every candidate. "
+        "Overlapping intervals: the test set cannot separate those models."
+    )
+
+
+@app.command()
 def evaluate(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     data: Annotated[Path, typer.Argument(help="labelled data: class folders, CSV or .npz")],
@@ -105,7 +151,13 @@ def evaluate(
         yaml.safe_load((predictor.bundle.path / "recipe.yaml").read_text()),
         str(predictor.bundle.path / "recipe.yaml"),
     )
-    manifest = load_manifest(recipe.data, data.expanduser().resolve(), predictor.classes)
+    manifest = load_manifest(
+        recipe.data,
+        data.expanduser().resolve(),
+        predictor.classes,
+        recipe.extra_columns(),
+        recipe.path_columns(),
+    )
     metrics, _, errors = evaluate_samples(
         predictor,
         manifest.samples,

@@ -3,6 +3,10 @@
 The preprocessing is rebuilt from the bundle, never from the caller's settings, so serving applies
 exactly the pipeline the model was evaluated with. Every result names the model that produced it
 and carries the reminder that a clinician decides.
+
+A multi-task model's other heads (stage, risk, detection) come back in ``Prediction.heads``; a
+fusion model takes ``{modality: image or None}`` (or a manifest sample) and predicts from
+whichever modalities are there.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class Prediction:
     decision: str | None = None  # the decision policy's class (None: bundle has no policy)
     decision_threshold: float | None = None  # the threshold that fired (None: fallback)
     decision_rule: str = "argmax"
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # other heads' outputs
+    modalities_used: list[str] | None = None  # fusion: the modalities this prediction used
 
     @property
     def confidence(self) -> float:
@@ -58,6 +64,8 @@ class Prediction:
             "decision_rule": self.decision_rule,
             "decision_threshold": self.decision_threshold,
             "preprocess_info": self.preprocess_info,
+            "heads": self.heads,
+            "modalities_used": self.modalities_used,
             "disclaimer": self.disclaimer,
         }
 
@@ -108,6 +116,11 @@ class Predictor:
             self.policy = DecisionPolicy.from_dict(pol)
             if self.policy.classes != self.classes:
                 raise MedlensError(f"{bundle.path}: policy.json classes differ from the model's")
+        mods = bundle.meta.get("modalities")
+        self.modalities: dict[str, str] | None = dict(mods) if mods else None
+        self.head_specs: dict[str, dict[str, Any]] = dict(bundle.meta["task"].get("heads") or {})
+        self.primary = getattr(self.model, "primary", None)
+        self._last_heads: dict[str, np.ndarray] = {}
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu") -> Predictor:
@@ -117,8 +130,16 @@ class Predictor:
     def model_name(self) -> str:
         return f"{self.bundle.name} ({self.bundle.meta['model']['name']})"
 
-    def preprocess(self, image: np.ndarray | str | Path | LoadedImage | Any) -> PreprocessResult:
-        """Read (paths, or anything with a ``load()`` such as a manifest sample) and preprocess."""
+    def preprocess(self, image: np.ndarray | str | Path | LoadedImage | Any) -> Any:
+        """Read (paths, or anything with a ``load()`` such as a manifest sample) and preprocess.
+
+        A fusion bundle returns ``{modality: PreprocessResult or None}`` (None: not given).
+        """
+        if self.modalities is not None:
+            return self._preprocess_modalities(image)
+        return self._preprocess_one(image)
+
+    def _preprocess_one(self, image: Any) -> PreprocessResult:
         if hasattr(image, "load") and not isinstance(image, np.ndarray):
             image = image.load()
         if isinstance(image, str | Path):
@@ -127,15 +148,96 @@ class Predictor:
             image = image.array
         return self.pipeline(as_float_image(image))
 
-    def logits_tensor(self, batch: np.ndarray) -> np.ndarray:
-        """Raw logits for an ``N x C x H x W`` batch of preprocessed arrays."""
+    def _preprocess_modalities(self, item: Any) -> dict[str, PreprocessResult | None]:
+        assert self.modalities is not None
+        names = list(self.modalities)
+        if hasattr(item, "get") and hasattr(item, "path") and not isinstance(item, dict):
+            # a manifest sample: the main image plus the other modalities' columns
+            given: dict[str, Any] = {names[0]: item.path}
+            given.update({m: item.get(self.modalities[m]) for m in names[1:]})
+        elif isinstance(item, dict):
+            unknown = sorted(set(item) - set(names))
+            if unknown:
+                raise MedlensError(f"unknown modalities {unknown}; this model takes {names}")
+            given = dict(item)
+        else:
+            given = {names[0]: item}  # a single image is the main modality
+        out = {m: None if given.get(m) is None else self._preprocess_one(given[m]) for m in names}
+        if all(v is None for v in out.values()):
+            raise MedlensError(f"no image given: this model takes one or more of {names}")
+        return out
+
+    def _info(self, pre: Any) -> dict[str, Any]:
+        if isinstance(pre, dict):
+            return {m: p.info for m, p in pre.items() if p is not None}
+        return pre.info
+
+    def _stack(self, pres: Sequence[Any]) -> Any:
+        """Preprocessed items → a model input batch (with presence masks for fusion)."""
+        if not pres or not isinstance(pres[0], dict):
+            return np.stack([p.image for p in pres])
+        batch: dict[str, np.ndarray | None] = {}
+        present: dict[str, np.ndarray] = {}
+        for m in pres[0]:
+            have = np.array([p[m] is not None for p in pres])
+            present[m] = have
+            if not have.any():
+                batch[m] = None
+                continue
+            shape = next(p[m].image.shape for p in pres if p[m] is not None)
+            batch[m] = np.stack(
+                [p[m].image if p[m] is not None else np.zeros(shape, np.float32) for p in pres]
+            )
+        return batch, present
+
+    def outputs(self, batch: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Primary logits and every other head's raw output for a preprocessed batch."""
         import torch
 
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=self.device)
+
         with torch.inference_mode():
-            x = torch.as_tensor(
-                np.ascontiguousarray(batch), dtype=torch.float32, device=self.device
-            )
-            return self.model(x).float().cpu().numpy().astype(np.float64)
+            if isinstance(batch, tuple):
+                arrays, present = batch
+                x = {m: None if a is None else t(a) for m, a in arrays.items()}
+                mask = {m: torch.as_tensor(v, device=self.device) for m, v in present.items()}
+                out = self.model(x, mask)
+            else:
+                out = self.model(t(batch))
+        if isinstance(out, dict):
+            primary = out[self.primary or "class"]
+            extras = {
+                k: v.float().cpu().numpy().astype(np.float64)
+                for k, v in out.items()
+                if k != (self.primary or "class")
+            }
+            return primary.float().cpu().numpy().astype(np.float64), extras
+        return out.float().cpu().numpy().astype(np.float64), {}
+
+    def logits_tensor(self, batch: Any) -> np.ndarray:
+        """Raw (primary-head) logits for an ``N x C x H x W`` batch of preprocessed arrays."""
+        logits, extras = self.outputs(batch)
+        self._last_heads = extras
+        return logits
+
+    def _head_outputs(self, extras: dict[str, np.ndarray], i: int) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, values in extras.items():
+            spec = self.head_specs.get(name, {})
+            v = values[i]
+            if spec.get("type") == "regression" or np.ndim(v) == 0:
+                out[name] = {"value": float(v)}
+                continue
+            p = softmax(np.asarray(v, dtype=np.float64)[None], 1.0)[0]
+            names = spec.get("classes") or [str(j) for j in range(len(p))]
+            j = int(np.argmax(p))
+            out[name] = {
+                "label": names[j],
+                "confidence": float(p[j]),
+                "probabilities": {n: float(q) for n, q in zip(names, p, strict=True)},
+            }
+        return out
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax of logits / the bundle's fitted temperature."""
@@ -145,7 +247,13 @@ class Predictor:
         """Calibrated probabilities for an ``N x C x H x W`` batch of preprocessed arrays."""
         return self.probabilities(self.logits_tensor(batch))
 
-    def _result(self, logits: np.ndarray, info: dict[str, Any], source: str | None) -> Prediction:
+    def _result(
+        self,
+        logits: np.ndarray,
+        info: dict[str, Any],
+        source: str | None,
+        heads: dict[str, dict[str, Any]] | None = None,
+    ) -> Prediction:
         probs = self.probabilities(logits[None])[0]
         i = int(np.argmax(probs))
         pred = Prediction(
@@ -158,7 +266,10 @@ class Predictor:
             source=source,
             logits=[float(v) for v in logits],
             calibrated=self.temperature != 1.0,
+            heads=heads or {},
         )
+        if isinstance(info, dict) and self.modalities is not None:
+            pred.modalities_used = [m for m in self.modalities if m in info]
         if self.policy is not None:
             dec, fired = self.policy.decide(probs[None])
             pred.decision = self.classes[int(dec[0])]
@@ -167,11 +278,11 @@ class Predictor:
                 pred.decision_threshold = self.policy.thresholds[self.classes[int(fired[0])]]
         return pred
 
-    def predict(self, image: np.ndarray | str | Path | LoadedImage) -> Prediction:
+    def predict(self, image: np.ndarray | str | Path | LoadedImage | dict[str, Any]) -> Prediction:
         pre = self.preprocess(image)
-        logits = self.logits_tensor(pre.image[None])[0]
+        logits, extras = self.outputs(self._stack([pre]))
         src = str(image) if isinstance(image, str | Path) else None
-        return self._result(logits, pre.info, src)
+        return self._result(logits[0], self._info(pre), src, self._head_outputs(extras, 0))
 
     def predict_many(
         self,
@@ -183,7 +294,7 @@ class Predictor:
         out: list[Prediction | MedlensError] = []
         chunks = range(0, len(images), batch_size)
         for start in _track(chunks, "Predicting", progress):
-            pres: list[tuple[int, PreprocessResult]] = []
+            pres: list[tuple[int, Any]] = []
             results: list[Prediction | MedlensError | None] = []
             for j, img in enumerate(images[start : start + batch_size]):
                 try:
@@ -192,11 +303,12 @@ class Predictor:
                 except MedlensError as exc:
                     results.append(exc)
             if pres:
-                logits = self.logits_tensor(np.stack([p.image for _, p in pres]))
-                for (j, pre), pr in zip(pres, logits, strict=True):
+                logits, extras = self.outputs(self._stack([p for _, p in pres]))
+                for n, ((j, pre), pr) in enumerate(zip(pres, logits, strict=True)):
                     img = images[start + j]
                     src = str(img) if isinstance(img, str | Path) else None
-                    results[j] = self._result(pr, pre.info, src)
+                    heads = self._head_outputs(extras, n)
+                    results[j] = self._result(pr, self._info(pre), src, heads)
             out.extend(r for r in results if r is not None)
         return out
 

@@ -25,11 +25,51 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, protected_namespaces=())
 
 
+class HeadConfig(_Strict):
+    """An extra target learned beside the class (multi-task): read from a manifest column.
+
+    A classification head's column holds integers ``0..num_classes-1`` (``classes`` names them);
+    a regression head's holds numbers. An empty cell means "not known for this image": it adds
+    nothing to the loss.
+    """
+
+    column: str
+    type: Literal["classification", "regression"] = "classification"
+    num_classes: int | None = Field(None, ge=2)
+    classes: list[str] | None = Field(None, description="names of the values 0..num_classes-1")
+    weight: float = Field(1.0, gt=0, description="loss weight of this head")
+    ordinal: bool = Field(False, description="ordered values (stages): quadratic kappa")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> HeadConfig:
+        if self.type == "classification":
+            if self.num_classes is None and self.classes is None:
+                raise ValueError("a classification head needs num_classes or classes")
+            if self.num_classes is None:
+                self.num_classes = len(self.classes or [])
+            if self.classes is not None and len(self.classes) != self.num_classes:
+                raise ValueError(
+                    f"classes has {len(self.classes)} names but num_classes is {self.num_classes}"
+                )
+        elif self.num_classes is not None or self.classes is not None:
+            raise ValueError("a regression head takes no num_classes/classes")
+        return self
+
+    def out_spec(self) -> int | str:
+        """What the model's head is built with: a class count or ``"regression"``."""
+        return "regression" if self.type == "regression" else int(self.num_classes or 0)
+
+
 class TaskConfig(_Strict):
     """What is predicted. ``classes`` are listed in clinical order (normal first)."""
 
     type: Literal["classification"] = "classification"
     classes: list[str] = Field(min_length=2)
+    heads: dict[str, HeadConfig] = Field(
+        default_factory=dict,
+        description="extra targets (multi-task), e.g. stage and risk; the class head is 'class'",
+    )
+    class_weight: float = Field(1.0, gt=0, description="loss weight of the class head")
     positive: list[str] = Field(default_factory=list, description="classes that are findings")
     priority: list[str] = Field(
         default_factory=list,
@@ -40,6 +80,8 @@ class TaskConfig(_Strict):
     def _check_names(self) -> TaskConfig:
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be unique, got {self.classes}")
+        if "class" in self.heads:
+            raise ValueError("heads: 'class' is the name of the main head; pick another name")
         for field in ("positive", "priority"):
             unknown = [c for c in getattr(self, field) if c not in self.classes]
             if unknown:
@@ -81,9 +123,21 @@ class DataConfig(_Strict):
         None, description="integer label -> class name, for .npz (and numeric CSV labels)"
     )
     phantoms: PhantomConfig = Field(default_factory=PhantomConfig)
+    merge_classes: dict[str, str] | None = Field(
+        None,
+        description="relabel before training, e.g. glioma/meningioma/pituitary -> tumor for a "
+        "binary screening model trained on a 4-class data set",
+    )
+    modalities: dict[str, str] | None = Field(
+        None,
+        description="several images per case (fusion): modality -> CSV column of its path; "
+        "the first is the main image; an empty cell is a missing modality",
+    )
 
     @model_validator(mode="after")
     def _needs_path(self) -> DataConfig:
+        if self.modalities is not None and len(self.modalities) < 2:
+            raise ValueError("modalities needs two or more entries (modality: column)")
         if self.box_columns is not None and len(self.box_columns) != 4:
             raise ValueError("box_columns must name exactly four columns: x0, y0, x1, y1")
         return self
@@ -109,13 +163,68 @@ class SplitConfig(_Strict):
     )
 
 
+class MemberConfig(_Strict):
+    """One model of a soft-voting ensemble, trained on its own with the recipe's settings."""
+
+    name: str
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    pretrained: bool | str = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weight: float = Field(1.0, ge=0)
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of the train section for this member"
+    )
+
+    def key(self) -> str:
+        return self.label or self.name.replace("+", "-")
+
+
 class ModelConfig(_Strict):
-    """A registry name plus keyword arguments; ``pretrained`` is a bool or a local weights file."""
+    """A registry name plus keyword arguments; ``pretrained`` is a bool or a local weights file.
+
+    ``name: soft_voting`` with ``members`` makes a weighted soft-voting ensemble: each member is
+    trained on the same split, then its weights come from the recipe or, with
+    ``fit_weights: true``, are fitted on the validation split.
+    """
 
     name: str
     pretrained: bool | str = False
     in_chans: int | None = Field(None, description="defaults to the preprocessing's channels")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    members: list[MemberConfig] | None = None
+    fit_weights: bool = False
+
+    @model_validator(mode="after")
+    def _ensemble(self) -> ModelConfig:
+        if (self.name == "soft_voting") != (self.members is not None):
+            raise ValueError("members are given with name: soft_voting, and only then")
+        if self.members is not None:
+            if len(self.members) < 2:
+                raise ValueError("an ensemble needs two or more members")
+            keys = [m.key() for m in self.members]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"member labels must be unique, got {keys}")
+            if not self.fit_weights and sum(m.weight for m in self.members) <= 0:
+                raise ValueError("member weights are all zero")
+        return self
+
+
+class SegmentationConfig(_Strict):
+    """The first stage of a ``roi_classifier``: a segmenter trained on a mask column."""
+
+    mask_column: str = Field(description="manifest column with the region-of-interest masks")
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    patience: int = Field(5, ge=1)
+
+
+class CandidateConfig(_Strict):
+    """A model `medlens compare` trains on the same split as the others."""
+
+    label: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: ModelConfig
+    train: dict[str, Any] = Field(default_factory=dict, description="train overrides")
 
 
 class AugmentConfig(_Strict):
@@ -204,6 +313,10 @@ class Recipe(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    segmentation: SegmentationConfig | None = None
+    candidates: list[CandidateConfig] = Field(
+        default_factory=list, description="models `medlens compare` puts side by side"
+    )
 
     # Where the recipe came from, to resolve relative data paths; not part of the YAML.
     source_dir: Path | None = Field(None, exclude=True)
@@ -215,7 +328,87 @@ class Recipe(_Strict):
             raise ValueError(
                 f"policy.targets names {unknown}, which are not in task.priority {self.task.priority}"
             )
+        if (self.model.name == "roi_classifier") != (self.segmentation is not None):
+            raise ValueError(
+                "model roi_classifier needs a segmentation section (and only it uses one)"
+            )
+        labels = [c.label for c in self.candidates]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"candidates: labels must be unique, got {labels}")
         return self
+
+    def extra_columns(self) -> list[str]:
+        """Manifest columns a run reads besides path/label/patient/mask."""
+        cols = [h.column for h in self.task.heads.values()]
+        if self.data.modalities:
+            cols += list(self.data.modalities.values())[1:]
+        if self.segmentation is not None:
+            cols.append(self.segmentation.mask_column)
+        return list(dict.fromkeys(cols))
+
+    def path_columns(self) -> list[str]:
+        """Of :meth:`extra_columns`, those holding file paths (resolved like ``path``)."""
+        cols = list(self.data.modalities.values())[1:] if self.data.modalities else []
+        if self.segmentation is not None:
+            cols.append(self.segmentation.mask_column)
+        return cols
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The model's kwargs with what the task and data imply filled in.
+
+        The heads of a multi-task model come from ``task.heads`` (plus ``class``), and a fusion
+        model's encoders must name the data's modalities, so the recipe states each fact once.
+        """
+        kw = dict(self.model.kwargs)
+        name = self.model.name
+        heads: dict[str, int | str] = {"class": len(self.task.classes)}
+        heads.update({h: c.out_spec() for h, c in self.task.heads.items()})
+        if name == "fusion":
+            if not self.data.modalities:
+                raise RecipeError(f"{self.name}: model fusion needs data.modalities")
+            enc = kw.get("encoders") or {m: "resnet18" for m in self.data.modalities}
+            if list(enc) != list(self.data.modalities):
+                raise RecipeError(
+                    f"{self.name}: model.kwargs.encoders names {list(enc)}, but data.modalities "
+                    f"is {list(self.data.modalities)}; name the same modalities in the same order"
+                )
+            kw["encoders"] = enc
+        elif self.data.modalities:
+            raise RecipeError(f"{self.name}: data.modalities needs model fusion")
+        if name in ("multitask", "fusion"):
+            kw["heads"] = heads
+            kw["primary"] = "class"
+        elif name == "roi_classifier":
+            clf = dict(kw.get("classifier") or {"name": "small_cnn"})
+            if self.task.heads:
+                if clf.get("name") != "multitask":
+                    raise RecipeError(
+                        f"{self.name}: task.heads needs model.kwargs.classifier.name: multitask"
+                    )
+                clf["kwargs"] = {**clf.get("kwargs", {}), "heads": heads, "primary": "class"}
+            kw["classifier"] = clf
+        elif self.task.heads:
+            raise RecipeError(
+                f"{self.name}: task.heads needs a multi-head model (multitask, fusion or "
+                f"roi_classifier), not {name!r}"
+            )
+        return kw
+
+    def with_model(self, model: ModelConfig, train: dict[str, Any], name: str) -> Recipe:
+        """A copy training another model (a compare candidate or an ensemble member)."""
+        data = self.model_dump(mode="python", exclude={"source_dir"})
+        data["name"] = name
+        data["model"] = model.model_dump(mode="python")
+        data["train"] = {**data["train"], **train}
+        data["candidates"] = []
+        if model.name != "roi_classifier":
+            data["segmentation"] = None
+        try:
+            out = Recipe.model_validate(data)
+        except ValidationError as exc:
+            raise RecipeError(format_validation_error(exc, f"{self.name} ({name})")) from None
+        out.source_dir = self.source_dir
+        return out
 
     @field_validator("preprocess")
     @classmethod

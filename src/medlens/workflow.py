@@ -6,6 +6,7 @@ written, so the figures stored in the bundle are those of the exact code path se
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import time
@@ -63,7 +64,9 @@ def recipe_manifest(recipe: Recipe, data: str | Path | None, work_dir: Path) -> 
     path = recipe.data_path(data)
     if recipe.data.source == "phantoms" and data is None:
         path = ensure_phantoms(recipe, work_dir / "data")
-    return load_manifest(recipe.data, path, recipe.task.classes)
+    return load_manifest(
+        recipe.data, path, recipe.task.classes, recipe.extra_columns(), recipe.path_columns()
+    )
 
 
 def collect_scores(
@@ -141,6 +144,14 @@ def leakage_checked_splits(
     return splits, reused, info
 
 
+def _no_explanations(run_dir: Path, why: str) -> None:
+    out = run_dir / "explanations"
+    out.mkdir(exist_ok=True)
+    (out / "section.html").write_text(
+        f"<section><h2>Explanations</h2><p>{html.escape(why)}</p></section>"
+    )
+
+
 def explain_section(
     predictor: Predictor, test: list[Sample], recipe: Recipe, run_dir: Path
 ) -> None:
@@ -151,7 +162,20 @@ def explain_section(
     from medlens.data.io import read_mask
     from medlens.errors import MedlensError
     from medlens.explain import evaluate_explanations, explain_images, explanation_section_html
+    from medlens.models.classical import is_classical
 
+    if is_classical(predictor.model):
+        _no_explanations(
+            run_dir, "Not applicable: a HOG + classical model has no layers a CAM can read."
+        )
+        return
+    if predictor.modalities is not None:
+        _no_explanations(
+            run_dir,
+            "Not computed: class activation maps of a multi-input (fusion) model are not "
+            "defined by the CAM library; explain each modality's single-input model instead.",
+        )
+        return
     cfg = recipe.explain
     with_masks = []
     for s in test:
@@ -165,11 +189,7 @@ def explain_section(
             break
     out = run_dir / "explanations"
     if not with_masks:
-        out.mkdir(exist_ok=True)
-        (out / "section.html").write_text(
-            "<section><h2>Explanations</h2><p>No test images with lesion masks: localisation "
-            "was not scored.</p></section>"
-        )
+        _no_explanations(run_dir, "No test images with lesion masks: localisation was not scored.")
         return
     paths = [s.path for s in with_masks]
     masks = [s.mask_path for s in with_masks]
@@ -189,6 +209,123 @@ def explain_section(
     )
 
 
+def train_model(
+    recipe: Recipe,
+    manifest: Manifest,
+    splits: Splits,
+    run_dir: Path,
+    progress: bool = True,
+    fresh: bool = False,
+) -> Any:
+    """Train whatever the recipe names: a network, a classical model, an ensemble, a ROI pair."""
+    from medlens.train.composite import StagedFit, fit_ensemble, fit_roi
+    from medlens.train.trainer import fit
+
+    if recipe.model.name == "soft_voting":
+        return fit_ensemble(recipe, manifest, splits, run_dir, progress, fresh)
+    if recipe.model.name == "roi_classifier":
+        return fit_roi(recipe, manifest, splits, run_dir, progress, fresh)
+    result = fit(recipe, manifest, splits, run_dir, progress=progress, fresh=fresh)
+    return StagedFit(result, recipe.model_kwargs())
+
+
+def _preprocessed(
+    predictor: Predictor, samples: list[Sample]
+) -> tuple[list[Sample], np.ndarray, list[dict[str, Any]]]:
+    """Readable samples, their preprocessed array (N x C x H x W) and preprocessing infos."""
+    from medlens.errors import MedlensError
+
+    keep, arrays, infos = [], [], []
+    for s in samples:
+        try:
+            pre = predictor.preprocess(s)
+        except MedlensError:
+            continue
+        if isinstance(pre, dict):
+            return [], np.zeros((0,)), []  # fusion: handled through predictions only
+        keep.append(s)
+        arrays.append(pre.image)
+        infos.append(pre.info)
+    return keep, (np.stack(arrays) if arrays else np.zeros((0,))), infos
+
+
+def other_outputs(
+    predictor: Predictor,
+    recipe: Recipe,
+    test: list[Sample],
+    preds: list[Prediction],
+    n_bootstrap: int,
+    seed: int,
+    confidence: float,
+) -> dict[str, Any]:
+    """Held-out figures beyond the class head: extra heads, ensemble members, segmentation."""
+    import torch
+
+    from medlens.evaluate.heads import head_metrics, segmentation_metrics
+    from medlens.evaluate.intervals import metrics_with_intervals
+    from medlens.train.trainer import head_targets
+
+    alpha = 1 - confidence
+    out: dict[str, Any] = {}
+    by_uid = {s.uid: s for s in test}
+    if recipe.task.heads and preds:
+        samples = [by_uid[p.source or ""] for p in preds]
+        targets = head_targets(recipe, samples)
+        outputs: dict[str, np.ndarray] = {}
+        specs = {h: c.model_dump(mode="json") for h, c in recipe.task.heads.items()}
+        for h, c in recipe.task.heads.items():
+            if c.type == "regression":
+                outputs[h] = np.array([p.heads[h]["value"] for p in preds])
+            else:
+                names = c.classes or [str(i) for i in range(c.num_classes or 0)]
+                outputs[h] = np.array(
+                    [[p.heads[h]["probabilities"][n] for n in names] for p in preds]
+                )
+        out["heads"] = head_metrics(specs, outputs, targets, n_bootstrap, seed, alpha)
+    model = predictor.model
+    if hasattr(model, "member_probabilities") or hasattr(model, "segment"):
+        keep, x, infos = _preprocessed(predictor, test)
+        if len(keep):
+            idx = {c: i for i, c in enumerate(recipe.task.classes)}
+            y = np.array([idx[s.label] for s in keep])  # type: ignore[index]
+            xt = torch.from_numpy(x.astype(np.float32))
+            if hasattr(model, "member_probabilities"):
+                with torch.inference_mode():
+                    mp = model.member_probabilities(xt).float().numpy()
+                out["members"] = {
+                    label: {
+                        "weight": float(w),
+                        **metrics_with_intervals(
+                            y,
+                            mp[j],
+                            recipe.task.classes,
+                            n_bootstrap,
+                            seed,
+                            alpha,
+                            recipe.evaluate.ordinal,
+                            recipe.evaluate.target_specificity,
+                        )["overall"],
+                    }
+                    for j, (label, w) in enumerate(zip(model.labels, model.weights, strict=True))
+                }
+            if hasattr(model, "segment") and recipe.segmentation is not None:
+                from medlens.preprocess import align_mask
+
+                col = recipe.segmentation.mask_column
+                rows = [i for i, s in enumerate(keep) if s.get(col)]
+                if rows:
+                    with torch.inference_mode():
+                        pm = model.segment(xt[rows]).float().numpy()[:, 0] >= 0.5
+                    truth = np.stack(
+                        [align_mask(keep[i].get(col), predictor.pipeline, infos[i]) for i in rows]
+                    )
+                    out["segmentation"] = {
+                        "mask_column": col,
+                        **segmentation_metrics(pm, truth, n_bootstrap, seed, alpha),
+                    }
+    return out
+
+
 def run_recipe(
     recipe: Recipe,
     out_dir: str | Path,
@@ -198,22 +335,21 @@ def run_recipe(
     track: bool = True,
 ) -> RunResult:
     """Train, bundle and evaluate a recipe into ``out_dir/<recipe name>``."""
-    from medlens.train.trainer import fit
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir).expanduser().resolve()
     run_dir = out_dir / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = recipe_manifest(recipe, data, out_dir)
     splits, reused, leakage = leakage_checked_splits(recipe, manifest, run_dir, progress)
-    result = fit(recipe, manifest, splits, run_dir, progress=progress, fresh=fresh)
+    staged = train_model(recipe, manifest, splits, run_dir, progress=progress, fresh=fresh)
+    result = staged.result
 
     bundle_dir = run_dir / "bundle"
     model_spec = {
         "name": recipe.model.name,
         "num_classes": len(recipe.task.classes),
         "in_chans": recipe.in_chans(),
-        "kwargs": recipe.model.kwargs,
+        "kwargs": staged.model_kwargs,
     }
     train_samples = splits.samples(manifest, "train") + splits.samples(manifest, "val")
     save_bundle(
@@ -233,7 +369,9 @@ def run_recipe(
                 "monitor": recipe.train.monitor,
                 "epochs_run": result.epochs_run,
                 "split_counts": splits.counts(),
-            }
+                **staged.info,
+            },
+            "modalities": recipe.data.modalities,
         },
     )
     # Validation chooses the temperature and the thresholds; the test split only measures.
@@ -268,6 +406,11 @@ def run_recipe(
         ordinal=ev.ordinal,
         target_specificity=ev.target_specificity,
         n_bins=ev.calibration_bins,
+    )
+    metrics.update(
+        other_outputs(
+            predictor, recipe, test, preds, ev.n_bootstrap, ev.bootstrap_seed, ev.confidence
+        )
     )
     metrics["unreadable"] = {**val_errors, **errors}
     metrics["leakage"] = leakage
@@ -328,3 +471,82 @@ def _write_test_predictions(
                     *[f"{p.probabilities[c]:.6f}" for c in classes],
                 ]
             )
+
+
+def compare_recipe(
+    recipe: Recipe,
+    out_dir: str | Path,
+    data: str | Path | None = None,
+    progress: bool = True,
+    track: bool = True,
+    only: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Train the recipe's model and each of its ``candidates`` on one split; a leaderboard.
+
+    The first run draws (or reuses) the split; every other candidate starts from a copy of that
+    ``splits.csv``, so all are tested on the same held-out images. Rows are ranked by test
+    macro-F1 but carry intervals: overlapping intervals mean the data cannot tell them apart.
+    Writes ``compare.json`` and ``compare.csv`` under ``out_dir/<recipe>-compare``.
+    """
+    import csv
+    import shutil
+
+    from medlens.recipes import CandidateConfig
+
+    root = Path(out_dir).expanduser().resolve() / f"{recipe.name}-compare"
+    root.mkdir(parents=True, exist_ok=True)
+    own = CandidateConfig(label=recipe.model.name.replace("+", "-"), model=recipe.model)
+    candidates = [own, *recipe.candidates]
+    if only:
+        unknown = sorted(set(only) - {c.label for c in candidates})
+        if unknown:
+            raise DataError(
+                f"--only names {unknown}; candidates are {[c.label for c in candidates]}"
+            )
+        candidates = [c for c in candidates if c.label in only]
+    rows: list[dict[str, Any]] = []
+    first_splits: Path | None = None
+    for cand in candidates:
+        r = recipe.with_model(cand.model, cand.train, f"{recipe.name}-{cand.label}")
+        run_dir = root / r.name
+        if first_splits is not None and not (run_dir / "splits.csv").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(first_splits, run_dir / "splits.csv")
+        log.info("compare: %s (%s)", cand.label, cand.model.name)
+        res = run_recipe(r, root, data=data, progress=progress, track=track)
+        first_splits = first_splits or res.run_dir / "splits.csv"
+        m = res.metrics
+        ov = m["intervals"]["overall"]
+        meta = json.loads((res.bundle_dir / "bundle.json").read_text())
+        rows.append(
+            {
+                "label": cand.label,
+                "model": cand.model.name,
+                "macro_f1": ov["macro_f1"],
+                "balanced_accuracy": ov["balanced_accuracy"],
+                "macro_roc_auc": ov["macro_roc_auc"],
+                "ece_calibrated": (m.get("calibration") or {}).get("test_after", {}).get("ece"),
+                "val_macro_f1": meta["training"].get("best_checkpoint_score"),
+                "n_test": m["n"],
+                "seconds": round(res.seconds, 1),
+                "run_dir": str(res.run_dir),
+            }
+        )
+    rows.sort(key=lambda row: -float(row["macro_f1"]["value"]))
+    (root / "compare.json").write_text(json.dumps(json_safe(rows), indent=2))
+    with (root / "compare.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label", "model", "test_macro_f1", "ci_low", "ci_high", "seconds"])
+        for row in rows:
+            f1 = row["macro_f1"]
+            w.writerow(
+                [
+                    row["label"],
+                    row["model"],
+                    f1["value"],
+                    f1["ci_low"],
+                    f1["ci_high"],
+                    row["seconds"],
+                ]
+            )
+    return rows

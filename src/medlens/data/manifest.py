@@ -33,6 +33,11 @@ class Sample:
     boxes: tuple[Box, ...] = ()
     npz_key: str | None = None
     npz_index: int | None = None
+    extra: tuple[tuple[str, str], ...] = ()  # other manifest columns a recipe reads (heads, ...)
+
+    def get(self, column: str) -> str | None:
+        """The value of an extra manifest column; None when empty or not read."""
+        return next((v for k, v in self.extra if k == column and v != ""), None)
 
     @property
     def uid(self) -> str:
@@ -188,10 +193,14 @@ def from_csv(
     mask_column: str | None = "mask_path",
     box_columns: Sequence[str] | None = None,
     label_map: dict[int, str] | None = None,
+    extra_columns: Sequence[str] = (),
+    path_columns: Sequence[str] = (),
 ) -> Manifest:
     """Rows of path, label and optional patient id, mask path and box; paths relative to the CSV.
 
     Several rows for one path (one per lesion box) merge into one sample with several boxes.
+    ``extra_columns`` (extra targets, other modalities' images, region masks) are carried on each
+    sample; those also in ``path_columns`` are resolved relative to the CSV like ``path``.
     """
     csv_path = Path(csv_path).expanduser().resolve()
     if not csv_path.is_file():
@@ -200,7 +209,7 @@ def from_csv(
     with csv_path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
-        for col in [path_column, label_column]:
+        for col in [path_column, label_column, *extra_columns]:
             if col not in header:
                 raise DataError(f"{csv_path}: column {col!r} is missing (columns: {header})")
         rows = list(reader)
@@ -220,8 +229,15 @@ def from_csv(
         p = Path(raw).expanduser()
         p = (p if p.is_absolute() else base / p).resolve()
         entry = by_path.setdefault(
-            str(p), {"label": label, "patient": None, "mask": None, "boxes": []}
+            str(p), {"label": label, "patient": None, "mask": None, "boxes": [], "extra": {}}
         )
+        for col in extra_columns:
+            val = (row.get(col) or "").strip()
+            if val and col in path_columns:
+                q = Path(val).expanduser()
+                val = str((q if q.is_absolute() else base / q).resolve())
+            if val or col not in entry["extra"]:
+                entry["extra"][col] = val
         if entry["label"] != label:
             raise DataError(
                 f"{csv_path}, line {lineno}: {raw} has two labels ({entry['label']}, {label})"
@@ -243,7 +259,14 @@ def from_csv(
     labels = sorted({e["label"] for e in by_path.values()})
     mapping = _match_classes(labels, classes, str(csv_path))
     samples = [
-        Sample(p, mapping[e["label"]], e["patient"], e["mask"], tuple(e["boxes"]))
+        Sample(
+            p,
+            mapping[e["label"]],
+            e["patient"],
+            e["mask"],
+            tuple(e["boxes"]),
+            extra=tuple(e["extra"].items()),
+        )
         for p, e in by_path.items()
         if e["label"] in mapping
     ]
@@ -290,12 +313,42 @@ def from_npz(
     return Manifest(samples, order, npz_path.parent)
 
 
-def load_manifest(data_cfg: Any, path: Path | None, classes: Sequence[str]) -> Manifest:
+def merge_labels(manifest: Manifest, merge: dict[str, str], classes: Sequence[str]) -> Manifest:
+    """Relabel samples (case-insensitive source names) and keep those in ``classes``."""
+    lower = {k.lower(): v for k, v in merge.items()}
+    relabelled = [
+        replace(s, label=lower.get((s.label or "").lower(), s.label)) for s in manifest.samples
+    ]
+    found = sorted({s.label for s in relabelled if s.label})
+    mapping = _match_classes(found, classes, "data.merge_classes")
+    samples = [replace(s, label=mapping[s.label]) for s in relabelled if s.label in mapping]
+    return Manifest(samples, list(classes), manifest.root, manifest.skipped)
+
+
+def load_manifest(
+    data_cfg: Any,
+    path: Path | None,
+    classes: Sequence[str] | None,
+    extra_columns: Sequence[str] = (),
+    path_columns: Sequence[str] = (),
+) -> Manifest:
     """The manifest a recipe's ``data`` section describes (``path`` already resolved).
 
     For ``source: phantoms`` the caller generates the phantoms first and passes their manifest
-    CSV as ``path``.
+    CSV as ``path``. ``data.merge_classes`` relabels first (several source classes -> one).
+    ``extra_columns`` (multi-task targets, other modalities, region masks) need
+    a CSV manifest: a folder tree or an ``.npz`` has nowhere to keep them.
     """
+    merge = getattr(data_cfg, "merge_classes", None)
+    if merge:
+        raw = load_manifest(
+            data_cfg.model_copy(update={"merge_classes": None}),
+            path,
+            None,
+            extra_columns,
+            path_columns,
+        )
+        return merge_labels(raw, merge, classes)
     if path is None:
         raise DataError("data.path is not set: give it in the recipe or with --data PATH")
     if not path.exists():
@@ -303,8 +356,15 @@ def load_manifest(data_cfg: Any, path: Path | None, classes: Sequence[str]) -> M
     if path.is_dir():
         # A folder is a class-per-sub-folder tree, unless it carries a manifest.csv (phantoms).
         if data_cfg.source == "folder" or not (path / "manifest.csv").is_file():
+            if extra_columns:
+                raise DataError(
+                    f"{path}: this recipe reads columns {list(extra_columns)} (heads, modalities "
+                    "or masks); a folder of class sub-folders has none. Give a CSV manifest."
+                )
             return from_folder(path, classes)
         path = path / "manifest.csv"
+    if path.suffix == ".npz" and extra_columns:
+        raise DataError(f"{path}: an .npz has no columns {list(extra_columns)}; give a CSV")
     if path.suffix == ".npz":
         if data_cfg.label_map is None:
             raise DataError(f"{path}: an .npz needs data.label_map (integer label -> class name)")
@@ -318,4 +378,6 @@ def load_manifest(data_cfg: Any, path: Path | None, classes: Sequence[str]) -> M
         data_cfg.mask_column,
         data_cfg.box_columns,
         data_cfg.label_map,
+        extra_columns,
+        path_columns,
     )

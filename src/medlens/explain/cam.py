@@ -114,7 +114,8 @@ def compute_cam(
 
     ``method``: one of :data:`METHODS`. ``target_class``: the output explained (default: the
     model's top class on ``x``). ``target_layer``: a module or dotted name (default: resolved per
-    model family). ``head``: which output of a dict/tuple-returning model. ``aug_smooth`` /
+    model family). ``head``: which output of a dict/tuple-returning model (default: the model's
+    ``primary`` head, the one its class probabilities come from). ``aug_smooth`` /
     ``eigen_smooth``: the library's flags. ``n_samples`` / ``noise`` / ``seed``: SmoothGrad-CAM++
     copies and their Gaussian noise std as a fraction of the input's value range.
     ``batch_size``: images per forward for ScoreCAM and SmoothGrad-CAM++.
@@ -128,6 +129,8 @@ def compute_cam(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     xb = _as_batch(x).to(device)
+    if head is None:
+        head = getattr(model, "primary", None)
     wrapped = OutputSelect(model, head)
     modes = {m: m.training for m in model.modules()}
     try:
@@ -167,8 +170,20 @@ def compute_cam(
     options: dict[str, Any] = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth}
     if name == "smoothgradcam++":
         options.update(n_samples=n_samples, noise=noise, seed=seed)
+    cam = _normalise(cam)
+    roi_mask = getattr(model, "roi_mask", None)
+    if callable(roi_mask):
+        # A region-of-interest model (segmenter -> classifier) is explained inside the region
+        # it read: the map is focused on the predicted (dilated) region, e.g. the joint.
+        from medlens.explain.draw import focus
+
+        with torch.no_grad():
+            region = roi_mask(xb.detach())[0, 0].float().cpu().numpy() >= 0.5
+        focused = focus(cam, region, roi="predicted region")
+        cam = focused.cam
+        options["focus"] = focused.meta
     return CamResult(
-        cam=_normalise(cam),
+        cam=cam,
         method=name,
         target_class=cls,
         layer=choice.name,

@@ -21,6 +21,7 @@ from medlens.errors import MedlensError
 from medlens.explain.cam import compute_cam, normalise_method
 from medlens.explain.scores import CENTRE, RANDOM, LocalisationScorer, skip_reason
 from medlens.explain.targets import ExplainError
+from medlens.preprocess import align_mask
 
 __all__ = [
     "ExplanationRecord",
@@ -59,42 +60,6 @@ class ExplanationRecord:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.replace("++", "pp")).strip("_") or "image"
-
-
-def align_mask(mask: str | Path | np.ndarray, pipeline: Any, info: dict[str, Any]) -> np.ndarray:
-    """A lesion mask in original-image pixels, carried through the pipeline's geometry.
-
-    ``info`` is the :class:`~medlens.preprocess.PreprocessResult` ``info`` of the image: the mask
-    is first brought to the original image's size (nearest neighbour), cropped by its
-    ``crop_bbox`` where the pipeline cropped, then resized (and letterboxed) by each ``resize``
-    step exactly as the image was; a resized pixel is lesion when at least half of it was.
-    """
-    from medlens.data.io import read_mask
-    from medlens.preprocess import CropBorderStep, ResizeStep, resize
-
-    shape = tuple(int(v) for v in info["original_shape"][:2])
-    if isinstance(mask, str | Path):
-        m = read_mask(mask, shape=shape)  # type: ignore[arg-type]
-    else:
-        m = np.asarray(mask).astype(bool)
-        if m.ndim != 2:
-            raise ExplainError(f"a mask must be H x W, got shape {m.shape}")
-        if m.shape != shape:
-            import cv2
-
-            m = cv2.resize(
-                m.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST
-            ).astype(bool)
-    crop = info.get("crop_bbox")
-    cropped = False
-    for step in pipeline.steps:
-        if isinstance(step, CropBorderStep) and crop is not None and not cropped:
-            y0, y1, x0, x1 = (int(v) for v in crop)
-            m = m[y0:y1, x0:x1]
-            cropped = True
-        elif isinstance(step, ResizeStep):
-            m = resize(m.astype(np.float32), step.size, step.keep_aspect) >= 0.5
-    return np.ascontiguousarray(m, dtype=bool)
 
 
 def _class_index(classes: Sequence[str], target: int | str | None) -> int | None:

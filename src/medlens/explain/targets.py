@@ -213,6 +213,42 @@ def probe_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> tuple[nn.Modu
     return layer, module_name(model, layer)
 
 
+def _resolve_in_ensemble(
+    model: nn.Module, x: torch.Tensor, target_layer: nn.Module | str | None
+) -> LayerChoice:
+    """A soft-voting ensemble is explained through one member's layer.
+
+    By default the dominant (highest-weight, first on ties) member; with an explicit layer, the
+    member holding it. The gradient is still that of the ensemble's output, but it reaches the
+    chosen layer only through that member: the heat map shows where the dominant member looks,
+    not a "vote" of heat maps, which the CAM library does not define. The member's own family
+    rule (and token reshape) applies, so a ViT member is read as a ViT would be.
+    """
+    layer = target_layer
+    if isinstance(layer, str):
+        try:
+            layer = model.get_submodule(layer)
+        except AttributeError:
+            raise ExplainError(f"target_layer {layer!r} is not a module of the model") from None
+    members = list(model.members)
+    if layer is None:
+        i = int(model.dominant_member())
+        how = f"dominant ensemble member {model.labels[i]!r} (weight {model.weights[i]:.3f})"
+    else:
+        found = [j for j, m in enumerate(members) if any(s is layer for s in m.modules())]
+        if not found:
+            raise ExplainError("an ensemble's target_layer must lie inside one of its members")
+        i = found[0]
+        how = f"ensemble member {model.labels[i]!r}"
+    inner = resolve_target_layer(members[i], x, layer)
+    return LayerChoice(
+        inner.layer,
+        module_name(model, inner.layer),
+        f"{how}; {inner.rule}",
+        inner.reshape_transform,
+    )
+
+
 def resolve_target_layer(
     model: nn.Module,
     x: torch.Tensor,
@@ -222,9 +258,12 @@ def resolve_target_layer(
 
     ``target_layer`` may be a module of ``model`` or its dotted name (``"layer4.1"``); token
     models get their :class:`TokenReshape` either way. ``x`` (``1 x C x H x W``) sizes the token
-    grid and drives the fallback probe.
+    grid and drives the fallback probe. A soft-voting ensemble resolves to its dominant
+    member's layer (see :func:`_resolve_in_ensemble`).
     """
     names = _classes(model)
+    if "SoftVotingEnsemble" in names:
+        return _resolve_in_ensemble(model, x, target_layer)
     layout = "nchw"
     rule = "explicit"
     layer: nn.Module | None = None

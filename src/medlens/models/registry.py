@@ -34,7 +34,7 @@ def register_model(name: str | None = None) -> Callable[[ModelBuilder], ModelBui
 
 def _ensure_builtin() -> None:
     # Importing the modules runs their @register_model decorators.
-    from medlens.models import small_cnn, zoo  # noqa: F401
+    from medlens.models import classical, ensemble, roi, small_cnn, zoo  # noqa: F401
 
 
 def _timm_names() -> list[str]:
@@ -125,7 +125,7 @@ def create_model(
     if timm.is_model(name):
         return create_timm_model(name, num_classes, in_chans, pretrained, **kwargs)
     backbone, plus, _ = name.partition("+")
-    if plus and timm.is_model(backbone):  # any timm backbone + a sequence reader
+    if plus and (backbone in _REGISTRY or timm.is_model(backbone)):  # backbone + a reader
         from medlens.models.zoo import build_hybrid
 
         return build_hybrid(name, num_classes, in_chans, pretrained, **kwargs)

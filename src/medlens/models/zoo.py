@@ -43,6 +43,22 @@ def _num_features(backbone: nn.Module, in_chans: int) -> int:
         return int(backbone.forward_features(torch.zeros(1, in_chans, 64, 64)).shape[1])
 
 
+def _feature_channels(backbone: nn.Module, in_chans: int) -> int:
+    """Channels of the feature *map* (a hybrid's token width), which pooling may widen."""
+    if getattr(backbone, "pool_type", None) is None:
+        return _num_features(backbone, in_chans)
+    with torch.no_grad():
+        return int(backbone.forward_features(torch.zeros(1, in_chans, 64, 64)).shape[1])
+
+
+def _pool(backbone: nn.Module, feat: torch.Tensor) -> torch.Tensor:
+    """Pool a feature map the way the backbone's own head does (avg+max for ``small_cnn``),
+    so the pooled width equals its ``num_features``; global average otherwise."""
+    if getattr(backbone, "pool_type", None) is not None and feat.ndim == 4:
+        return backbone.forward_head(feat, pre_logits=True)
+    return feat.mean(dim=(2, 3)) if feat.ndim == 4 else feat[:, 0]
+
+
 def _to_nchw(feat: torch.Tensor) -> torch.Tensor:
     """timm's Swin/ConvNeXt variants may return NHWC; everything downstream wants NCHW."""
     if feat.ndim == 4 and feat.shape[1] < feat.shape[-1] and feat.shape[1] == feat.shape[2]:
@@ -107,7 +123,7 @@ class SequenceHybrid(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        dim = _num_features(backbone, in_chans)
+        dim = _feature_channels(backbone, in_chans)
         self.row_embed = nn.Parameter(torch.zeros(max_grid, dim))
         self.col_embed = nn.Parameter(torch.zeros(max_grid, dim))
         nn.init.trunc_normal_(self.row_embed, std=0.02)
@@ -210,7 +226,7 @@ class MultiTaskModel(nn.Module):
         return _to_nchw(self.backbone.forward_features(x))
 
     def pooled(self, feat: torch.Tensor) -> torch.Tensor:
-        return feat.mean(dim=(2, 3)) if feat.ndim == 4 else feat[:, 0]
+        return _pool(self.backbone, feat)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.drop(self.pooled(self.forward_features(x)))
@@ -285,8 +301,7 @@ class FusionModel(nn.Module):
 
     def _encode(self, m: str, x: torch.Tensor) -> torch.Tensor:
         feat = _to_nchw(self.encoders[m].forward_features(x))
-        pooled = feat.mean(dim=(2, 3)) if feat.ndim == 4 else feat[:, 0]
-        return self.proj[m](pooled)
+        return self.proj[m](_pool(self.encoders[m], feat))
 
     def forward(
         self, inputs: dict[str, torch.Tensor | None], present: dict[str, torch.Tensor] | None = None
@@ -336,12 +351,13 @@ def fusion(
     proj_dim: int = 128,
     modality_dropout: float = 0.25,
     encoder_in_chans: dict[str, int] | None = None,
+    primary: str | None = None,
 ) -> FusionModel:
     encoders = dict(encoders or {"ct": "resnet18", "mri": "resnet18"})
     chans = {m: (encoder_in_chans or {}).get(m, in_chans) for m in encoders}
     built = {m: _feature_backbone(n, chans[m], pretrained) for m, n in encoders.items()}
     return FusionModel(
-        built, chans, dict(heads or {"class": num_classes}), proj_dim, modality_dropout
+        built, chans, dict(heads or {"class": num_classes}), proj_dim, modality_dropout, primary
     )
 
 
@@ -368,10 +384,9 @@ class LinearProbe(nn.Module):
         return _to_nchw(self.backbone.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            feat = self.forward_features(x)
-            z = feat.mean(dim=(2, 3)) if feat.ndim == 4 else feat[:, 0]
-        return self.head(z)
+        # No torch.no_grad() here: the frozen parameters already get no gradient (so training
+        # builds no graph through the backbone), and a CAM needs gradients at the activations.
+        return self.head(_pool(self.backbone, self.forward_features(x)))
 
     def get_classifier(self) -> nn.Module:
         return self.head

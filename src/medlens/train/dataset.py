@@ -76,3 +76,56 @@ class CachedDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = torch.from_numpy(np.array(self.array[self.rows[i]], dtype=np.float32, copy=True))
         return x, self.labels[i]
+
+
+class RecordDataset(Dataset):
+    """Rows as dict records: the image (or ``{modality: image}``), the class, extra targets.
+
+    ``targets`` maps a head name to a per-row array over the *cache's* rows (``-1`` / NaN where
+    unknown); ``modal`` maps each extra modality to ``(array, ok)`` from its own cache, so a case
+    whose CT could not be read trains with ``present[ct] = False`` instead of being dropped.
+    """
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        rows: Sequence[int],
+        labels: Sequence[int],
+        targets: dict[str, np.ndarray] | None = None,
+        modal: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        main_modality: str | None = None,
+    ) -> None:
+        self.array = array
+        self.rows = list(rows)
+        self.labels = list(labels)
+        self.targets = targets or {}
+        self.modal = modal or {}
+        self.main = main_modality
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @staticmethod
+    def _tensor(array: np.ndarray, row: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(array[row], dtype=np.float32, copy=True))
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.rows[i]
+        x: torch.Tensor | dict[str, torch.Tensor] = self._tensor(self.array, r)
+        rec: dict = {"y": self.labels[i]}
+        if self.modal:
+            x = {str(self.main): x}
+            present = {str(self.main): True}
+            for m, (arr, ok) in self.modal.items():
+                x[m] = self._tensor(arr, r)
+                present[m] = bool(ok[r])
+            rec["present"] = present
+        rec["x"] = x
+        for name, values in self.targets.items():
+            v = values[r]
+            rec[f"t_{name}"] = (
+                torch.tensor(float(v), dtype=torch.float32)
+                if values.dtype.kind == "f"
+                else torch.tensor(int(v), dtype=torch.long)
+            )
+        return rec

@@ -2,6 +2,10 @@
 
 Validation macro-F1 comes from torchmetrics, which synchronises across DDP processes, so the best
 checkpoint is chosen on the whole validation split whatever the number of devices.
+
+Batches are ``(x, y)`` for a plain classifier, or a dict for everything else: ``x`` a tensor or
+``{modality: tensor}`` (fusion, with ``present`` masks), ``y`` the class, and ``t_<head>`` the
+extra targets of a multi-task model (``-1`` / NaN where unknown, which adds nothing to the loss).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class ClassifierModule(L.LightningModule):
         focal_gamma: float,
         steps_per_epoch: int,
         epochs: int,
+        heads: dict[str, dict[str, Any]] | None = None,
+        class_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -57,24 +63,74 @@ class ClassifierModule(L.LightningModule):
         self.augment: Any = None  # set by the trainer; applied to training batches only
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.trainer.training and self.augment is not None:
-            x, y = batch
-            return self.augment(x), y
-        return batch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        if not (self.trainer.training and self.augment is not None):
+            return batch
+        if isinstance(batch, dict):
+            x = batch["x"]
+            aug = (
+                {m: self.augment(v) for m, v in x.items()}
+                if isinstance(x, dict)
+                else self.augment(x)
+            )
+            return {**batch, "x": aug}
         x, y = batch
-        loss = self.criterion(self(x), y)
+        return self.augment(x), y
+
+    def forward(self, x: Any, present: Any = None) -> Any:
+        return self.model(x, present) if isinstance(x, dict) else self.model(x)
+
+    def _outputs(self, batch: Any) -> tuple[Any, torch.Tensor]:
+        if isinstance(batch, dict):
+            return self(batch["x"], batch.get("present")), batch["y"]
+        x, y = batch
+        return self(x), y
+
+    def _primary(self, out: Any) -> torch.Tensor:
+        if isinstance(out, dict):
+            return out[getattr(self.model, "primary", "class")]
+        return out
+
+    def _head_losses(self, out: Any, batch: Any) -> dict[str, torch.Tensor]:
+        """Loss of each extra head over the samples whose target is known."""
+        import torch.nn.functional as F
+
+        losses: dict[str, torch.Tensor] = {}
+        if not isinstance(out, dict) or not isinstance(batch, dict):
+            return losses
+        for name, spec in (self.hparams.heads or {}).items():
+            target = batch[f"t_{name}"]
+            pred = out[name]
+            if spec["type"] == "regression":
+                known = ~torch.isnan(target)
+                diff = pred[known] - target[known].to(pred.dtype)
+            else:
+                known = target >= 0
+                diff = None
+            if not bool(known.any()):
+                losses[name] = pred.sum() * 0.0  # keeps the graph (DDP) without a signal
+            elif diff is not None:
+                losses[name] = F.smooth_l1_loss(diff, torch.zeros_like(diff))
+            else:
+                losses[name] = F.cross_entropy(pred[known], target[known].long())
+        return losses
+
+    def _loss(self, out: Any, y: torch.Tensor, batch: Any, criterion: Any) -> torch.Tensor:
+        hp = self.hparams
+        loss = hp.class_weight * criterion(self._primary(out), y)
+        for name, head_loss in self._head_losses(out, batch).items():
+            loss = loss + hp.heads[name]["weight"] * head_loss
+        return loss
+
+    def training_step(self, batch: Any, _: int) -> torch.Tensor:
+        out, y = self._outputs(batch)
+        loss = self._loss(out, y, batch, self.criterion)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
-        x, y = batch
-        logits = self(x)
-        loss = torch.nn.functional.cross_entropy(logits, y)
+    def validation_step(self, batch: Any, _: int) -> None:
+        out, y = self._outputs(batch)
+        logits = self._primary(out)
+        loss = self._loss(out, y, batch, torch.nn.functional.cross_entropy)
         self.val_f1.update(logits.argmax(1), y)
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, sync_dist=True)
         self.log("val_macro_f1", self.val_f1, prog_bar=True, on_epoch=True)

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,57 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*in eval mode at the start of training.*")
     warnings.filterwarnings("ignore", ".*isinstance.*treespec.*")
+
+
+@dataclass
+class SplitData:
+    """Train+val images preprocessed once, with everything a recipe's model learns from."""
+
+    samples: list[Sample]  # train then val, in cache order
+    cache: ImageCache
+    rows: dict[str, list[int]]  # readable cache rows of each split
+    labels: list[int]  # class index per cache row
+    excluded: dict[str, str]  # unreadable files: path -> reason
+    targets: dict[str, np.ndarray]  # head -> value per cache row (-1 / NaN unknown)
+    modal: dict[str, tuple[np.ndarray, np.ndarray]]  # extra modality -> (array, readable)
+    main_modality: str | None = None
+
+
+def head_targets(recipe: Recipe, samples: list[Sample]) -> dict[str, np.ndarray]:
+    """Each extra head's targets read from its manifest column; bad values name file + column."""
+    out: dict[str, np.ndarray] = {}
+    for name, head in recipe.task.heads.items():
+        reg = head.type == "regression"
+        values = np.full(len(samples), np.nan if reg else -1, dtype=np.float32 if reg else np.int64)
+        for i, s in enumerate(samples):
+            raw = s.get(head.column)
+            if raw is None:
+                continue
+            try:
+                v = float(raw)
+            except ValueError:
+                raise DataError(
+                    f"{s.path}: column {head.column!r} (head {name!r}) holds {raw!r}, not a number"
+                ) from None
+            if not reg and (v != int(v) or not 0 <= v < (head.num_classes or 0)):
+                raise DataError(
+                    f"{s.path}: column {head.column!r} (head {name!r}) holds {raw!r}; expected an "
+                    f"integer 0..{(head.num_classes or 0) - 1}"
+                )
+            values[i] = v
+        out[name] = values
+    return out
 
 
 def prepare_split_data(
     recipe: Recipe, manifest: Manifest, splits: Splits, run_dir: Path, progress: bool
-) -> tuple[ImageCache, dict[str, list[int]], list[int], dict[str, str]]:
-    """Cache train+val images and return (cache, rows per split, labels, excluded files)."""
+) -> SplitData:
+    """Cache train+val images (and other modalities), read extra targets, index the splits."""
     samples: list[Sample] = splits.samples(manifest, "train") + splits.samples(manifest, "val")
-    cache = build_cache(samples, recipe.pipeline(), run_dir / "cache", progress)
+    pipeline = recipe.pipeline()
+    cache = build_cache(samples, pipeline, run_dir / "cache", progress)
     cls_index = {c: i for i, c in enumerate(recipe.task.classes)}
     labels = [cls_index[s.label] for s in samples]  # type: ignore[index]
     n_train = len(splits.samples(manifest, "train"))
@@ -65,7 +108,63 @@ def prepare_split_data(
     for k, v in rows.items():
         if not v:
             raise DataError(f"no readable images in the {k} split ({len(excluded)} unreadable)")
-    return cache, rows, labels, excluded
+    modal: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    main = None
+    if recipe.data.modalities:
+        main, *others = recipe.data.modalities
+        for m in others:
+            col = recipe.data.modalities[m]
+            alt = [Sample(s.get(col) or "", s.label) for s in samples]
+            c = build_cache(alt, pipeline, run_dir / "cache", progress)
+            modal[m] = (c.array, c.ok)
+            log.info("%s: %d of %d images readable", m, int(c.ok.sum()), len(alt))
+    return SplitData(
+        samples, cache, rows, labels, excluded, head_targets(recipe, samples), modal, main
+    )
+
+
+def _class_weights(recipe: Recipe, train_labels: list[int]) -> list[float] | None:
+    k = len(recipe.task.classes)
+    cw = recipe.train.class_weights
+    if cw == "balanced":
+        return balanced_class_weights(train_labels, k)
+    if cw == "none":
+        return None
+    if len(cw) != k:
+        raise DataError(f"train.class_weights needs {k} numbers, one per class")
+    return list(cw)
+
+
+def _fit_classical(recipe: Recipe, data: SplitData, run_dir: Path) -> FitResult:
+    """HOG + MLP / random forest / XGBoost: fitted on train, scored on validation."""
+    from sklearn.metrics import f1_score
+
+    from medlens.models import create_model
+    from medlens.train.classical import fit_classical
+
+    model = create_model(
+        recipe.model.name,
+        num_classes=len(recipe.task.classes),
+        in_chans=recipe.in_chans(),
+        pretrained=recipe.model.pretrained,
+        **recipe.model_kwargs(),
+    )
+    train_labels = [data.labels[i] for i in data.rows["train"]]
+    fit_classical(
+        model,
+        data.cache.array,
+        data.rows["train"],
+        train_labels,
+        _class_weights(recipe, train_labels),
+    )
+    import torch
+
+    val = data.rows["val"]
+    with torch.inference_mode():
+        pred = model(torch.from_numpy(np.asarray(data.cache.array[val]))).argmax(1).numpy()
+    score = float(f1_score([data.labels[i] for i in val], pred, average="macro"))
+    (run_dir / DONE).write_text(json.dumps({"best_score": score, "epochs": 0, "classical": True}))
+    return FitResult(model.eval(), run_dir / DONE, score, 0, False, data.excluded)
 
 
 def fit(
@@ -75,14 +174,18 @@ def fit(
     run_dir: Path,
     progress: bool = True,
     fresh: bool = False,
+    prepare: Callable[[Any], None] | None = None,
+    data: SplitData | None = None,
 ) -> FitResult:
+    """Train ``recipe.model`` (``prepare`` may set up the built network first, e.g. load a
+    trained segmenter into a ``roi_classifier``); ``data`` reuses an earlier preparation."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
-    from medlens.train.dataset import Augment, CachedDataset
+    from medlens.train.dataset import Augment, CachedDataset, RecordDataset
     from medlens.train.module import ClassifierModule
 
     _quiet_lightning()
@@ -94,19 +197,18 @@ def fit(
         for p in [done_file, *ckpt_dir.glob("*.ckpt")]:
             p.unlink(missing_ok=True)
 
-    cache, rows, labels, excluded = prepare_split_data(recipe, manifest, splits, run_dir, progress)
-    for path, reason in excluded.items():
+    if data is None:
+        data = prepare_split_data(recipe, manifest, splits, run_dir, progress)
+    for path, reason in data.excluded.items():
         log.warning("excluded unreadable image %s: %s", path, reason)
+    from medlens.models.classical import CLASSICAL_MODELS
+
+    if recipe.model.name in CLASSICAL_MODELS:
+        return _fit_classical(recipe, data, run_dir)
+    cache, rows, labels, excluded = data.cache, data.rows, data.labels, data.excluded
     k = len(recipe.task.classes)
     train_labels = [labels[i] for i in rows["train"]]
-    if cfg.class_weights == "balanced":
-        weights: list[float] | None = balanced_class_weights(train_labels, k)
-    elif cfg.class_weights == "none":
-        weights = None
-    else:
-        if len(cfg.class_weights) != k:
-            raise DataError(f"train.class_weights needs {k} numbers, one per class")
-        weights = list(cfg.class_weights)
+    weights = _class_weights(recipe, train_labels)
 
     pipeline = recipe.pipeline()
     norm = next((s for s in pipeline.steps if getattr(s, "step", "") == "normalize"), None)
@@ -114,8 +216,17 @@ def fit(
     mean = list(norm.mean) if norm is not None else [0.0] * c
     std = list(norm.std) if norm is not None else [1.0] * c
     augment = Augment(cfg.augment, mean, std) if cfg.augment is not None else None
-    train_ds = CachedDataset(cache.array, rows["train"], train_labels)
-    val_ds = CachedDataset(cache.array, rows["val"], [labels[i] for i in rows["val"]])
+    val_labels = [labels[i] for i in rows["val"]]
+    if data.targets or data.modal:
+        train_ds: Any = RecordDataset(
+            cache.array, rows["train"], train_labels, data.targets, data.modal, data.main_modality
+        )
+        val_ds: Any = RecordDataset(
+            cache.array, rows["val"], val_labels, data.targets, data.modal, data.main_modality
+        )
+    else:
+        train_ds = CachedDataset(cache.array, rows["train"], train_labels)
+        val_ds = CachedDataset(cache.array, rows["val"], val_labels)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -143,7 +254,7 @@ def fit(
         model_name=recipe.model.name,
         num_classes=k,
         in_chans=recipe.in_chans(),
-        model_kwargs=recipe.model.kwargs,
+        model_kwargs=recipe.model_kwargs(),
         pretrained=recipe.model.pretrained,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
@@ -154,8 +265,12 @@ def fit(
         focal_gamma=cfg.focal_gamma,
         steps_per_epoch=steps_per_epoch,
         epochs=cfg.epochs,
+        heads={h: {"type": c.type, "weight": c.weight} for h, c in recipe.task.heads.items()},
+        class_weight=recipe.task.class_weight,
     )
     module.augment = augment
+    if prepare is not None:
+        prepare(module.model)
 
     mode = "max" if cfg.monitor == "val_macro_f1" else "min"
     checkpoint = ModelCheckpoint(

@@ -1,0 +1,162 @@
+"""Every built-in recipe validates and runs one tiny epoch on its own phantoms, end to end:
+split, training (ensemble members, segmenter + ROI classifier, fusion with heads), a verified
+bundle, calibration and held-out figures through the Predictor. Then each system's special
+promise is checked on the bundle it produced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medlens.inference import Predictor
+from medlens.recipes import BUILTIN_RECIPE_DIR, load_recipe
+from tests.conftest import shrunk_recipe
+
+RECIPES = sorted(p.stem for p in BUILTIN_RECIPE_DIR.glob("*.yaml"))
+
+
+def test_the_five_systems_are_there():
+    assert {"chest_xray", "brain_tumor", "leukemia", "liver_fibrosis", "sacroiliitis"} <= set(
+        RECIPES
+    )
+    assert load_recipe("liver_fibrosis").model.name == "soft_voting"
+    members = [m.name for m in load_recipe("liver_fibrosis").model.members or []]
+    assert members == ["convnextv2_atto", "mednext", "deit_tiny_patch16_224", "resnet50"]
+    leuk = load_recipe("leukemia")
+    hybrids = {leuk.model.name, *(c.model.name for c in leuk.candidates)}
+    assert hybrids == {
+        "mobilenetv3_large_100+lstm",
+        "efficientnet_b3+bigru",
+        "efficientnet_b3+vit",
+        "xception41+bigru",
+    }
+    chest = {c.model.name for c in load_recipe("chest_xray").candidates}
+    assert {"linear_probe", "hog_xgboost"} <= chest
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("recipes")
+
+
+def _run(name, out):
+    from medlens.workflow import run_recipe
+
+    return run_recipe(shrunk_recipe(name), out, progress=False, track=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_runs_one_tiny_epoch(name, runs):
+    res = _run(name, runs)
+    m = res.metrics
+    assert 0 <= m["macro_f1"] <= 1 and m["n"] == res.split_counts["test"] - len(m["unreadable"])
+    assert "ci_low" in m["intervals"]["overall"]["macro_f1"]
+    p = Predictor.from_bundle(res.bundle_dir)
+    r = load_recipe(name)
+    assert p.classes == list(r.task.classes)
+    if name == "brain_tumor":
+        assert set(m["heads"]) == {"stage", "risk"}
+        assert "mae" in m["heads"]["risk"] and m["heads"]["stage"]["kappa_weighting"] == "quadratic"
+    if name == "sacroiliitis":
+        assert m["segmentation"]["n"] > 0 and 0 <= m["segmentation"]["dice"]["value"] <= 1
+        assert set(m["heads"]) == {"detected"}
+    if name == "liver_fibrosis":
+        assert set(m["members"]) == {"convnextv2", "mednext", "deit", "resnet50"}
+
+
+@pytest.mark.slow
+def test_fusion_bundle_predicts_with_each_modality_missing(runs):
+    from medlens.data.manifest import from_csv
+
+    res = _run("brain_tumor", runs)
+    p = Predictor.from_bundle(res.bundle_dir)
+    assert p.modalities == {"mri": "path", "ct": "ct_path"}
+    man = from_csv(
+        next((runs / "data").glob("phantoms_brain_tumor*")) / "manifest.csv",
+        extra_columns=["ct_path", "stage", "risk"],
+        path_columns=["ct_path"],
+    )
+    s = man.samples[0]
+    both = p.predict({"mri": s.path, "ct": s.get("ct_path")})
+    mri_only = p.predict({"mri": s.path, "ct": None})
+    ct_only = p.predict({"ct": s.get("ct_path")})
+    for pred, used in ((both, ["mri", "ct"]), (mri_only, ["mri"]), (ct_only, ["ct"])):
+        assert pred.modalities_used == used
+        assert abs(sum(pred.probabilities.values()) - 1) < 1e-6
+        assert set(pred.heads) == {"stage", "risk"} and "value" in pred.heads["risk"]
+        assert abs(sum(pred.heads["stage"]["probabilities"].values()) - 1) < 1e-6
+    # a missing modality changes the input the heads see (the learned placeholder stands in)
+    assert not np.allclose(both.logits, mri_only.logits) and not np.allclose(
+        both.logits, ct_only.logits
+    )
+    with pytest.raises(Exception, match="no image given"):
+        p.predict({"mri": None, "ct": None})
+
+
+@pytest.mark.slow
+def test_ensemble_bundle_probabilities_are_the_weighted_member_mean(runs):
+    res = _run("liver_fibrosis", runs)
+    p = Predictor.from_bundle(res.bundle_dir)
+    model = p.model
+    w = np.array(model.weights)
+    assert np.allclose(w, np.array([1.2, 1.1, 1.0, 1.0]) / 4.3, atol=1e-6)  # recipe weights
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 1, 48, 48)).astype(np.float32))
+    with torch.inference_mode():
+        members = model.member_probabilities(x).numpy()
+        ens = model(x).softmax(1).numpy()
+    assert np.allclose(ens, np.tensordot(w, members, axes=1), atol=1e-5)
+    info = p.bundle.meta["training"]
+    assert info["weights_from"] == "recipe" and set(info["members"]) == set(model.labels)
+
+
+@pytest.mark.slow
+def test_roi_cam_is_focused_on_the_predicted_joint(runs):
+    from medlens.explain import compute_cam
+
+    res = _run("sacroiliitis", runs)
+    p = Predictor.from_bundle(res.bundle_dir)
+    img = next((runs / "data").glob("phantoms_sacroiliitis*")) / "images"
+    pre = p.preprocess(sorted(img.iterdir())[0])
+    x = torch.from_numpy(pre.image[None])
+    cam = compute_cam(p.model, x, "gradcam", target_class=1)
+    with torch.inference_mode():
+        region = p.model.roi_mask(x)[0, 0].numpy() >= 0.5
+    assert cam.options["focus"]["roi"] == "predicted region"
+    assert (cam.cam[~region] == 0).all()
+
+
+def test_binary_ct_screening_merges_tumour_classes(tmp_path):
+    from medlens.workflow import recipe_manifest
+
+    r = shrunk_recipe("brain_tumor_ct")
+    man = recipe_manifest(r, None, tmp_path)
+    assert man.classes == ["notumor", "tumor"] and set(man.counts()) == {"notumor", "tumor"}
+    assert all("/ct/" in s.path for s in man.samples)  # CT images, not the MRI column
+
+
+def test_heads_need_a_multi_head_model():
+    from medlens.errors import RecipeError
+
+    r = shrunk_recipe("brain_tumor")
+    d = r.model_dump(mode="json", exclude={"source_dir"})
+    d["model"] = {"name": "small_cnn"}
+    d["data"]["modalities"] = None
+    from medlens.recipes import parse_recipe
+
+    with pytest.raises(RecipeError, match=r"task\.heads needs a multi-head model"):
+        parse_recipe(d, "x.yaml").model_kwargs()
+
+
+def test_bad_head_value_names_file_and_column(tmp_path):
+    from medlens.data.manifest import Sample
+    from medlens.errors import DataError
+    from medlens.train.trainer import head_targets
+
+    r = shrunk_recipe("brain_tumor")
+    s = Sample(str(tmp_path / "a.png"), "glioma", extra=(("stage", "7"), ("risk", "0.5")))
+    with pytest.raises(DataError, match=r"a.png.*'stage'.*0..3"):
+        head_targets(r, [s])
+    t = head_targets(r, [Sample("b.png", "glioma", extra=(("stage", ""), ("risk", "0.25")))])
+    assert t["stage"][0] == -1 and t["risk"][0] == pytest.approx(0.25)
