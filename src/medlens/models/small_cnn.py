@@ -45,7 +45,8 @@ class SmallCNN(nn.Module):
         self.num_features = prev * (2 if pool == "avgmax" else 1)
         self.num_classes = num_classes
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(self.num_features, num_classes)
+        # num_classes=0: a feature extractor (a fusion encoder or a hybrid backbone), no head.
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
