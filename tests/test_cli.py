@@ -99,3 +99,41 @@ def test_phantoms_train_predict_evaluate(tmp_path: Path):
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m.json").is_file() and "Confusion matrix" in r.stdout
+
+
+@pytest.mark.slow
+def test_compare_trains_candidates_on_one_split(tmp_path: Path):
+    import csv
+    import json
+
+    d = tiny_recipe_dict()
+    d["train"]["limit_train_batches"] = 2
+    d["explain"]["enabled"] = False
+    d["candidates"] = [
+        {"label": "hog_rf", "model": {"name": "hog_rf", "kwargs": {"n_estimators": 20}}},
+        {"label": "probe", "model": {"name": "linear_probe", "kwargs": {"backbone": "resnet18"}}},
+    ]
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(d))
+    out = tmp_path / "runs"
+    r = medlens("compare", str(p), "--out", str(out), "--no-track", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "macro-F1" in r.stdout and "hog_rf" in r.stdout and "probe" in r.stdout
+    root = out / "tiny_cxr-compare"
+    rows = json.loads((root / "compare.json").read_text())
+    assert {row["label"] for row in rows} == {"small_cnn", "hog_rf", "probe"}
+    f1s = [row["macro_f1"]["value"] for row in rows]
+    assert f1s == sorted(f1s, reverse=True)  # ranked
+    for row in rows:
+        assert row["macro_f1"]["ci_low"] <= row["macro_f1"]["value"] <= row["macro_f1"]["ci_high"]
+    # one split for all: every candidate's splits.csv is the same file content
+    splits = {
+        (root / f"tiny_cxr-{lab}" / "splits.csv").read_text()
+        for lab in ("small_cnn", "hog_rf", "probe")
+    }
+    assert len(splits) == 1
+    with (root / "compare.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 3
+    # a classical candidate gets the same report as the networks
+    html = (root / "tiny_cxr-hog_rf" / "report.html").read_text()
+    assert "macro-F1" in html

@@ -56,13 +56,18 @@ def test_recipe_runs_one_tiny_epoch(name, runs):
     p = Predictor.from_bundle(res.bundle_dir)
     r = load_recipe(name)
     assert p.classes == list(r.task.classes)
+    report = res.report.read_text()
+    assert "clinician" in report
     if name == "brain_tumor":
+        assert "Head: stage" in report and "Head: risk" in report
         assert set(m["heads"]) == {"stage", "risk"}
         assert "mae" in m["heads"]["risk"] and m["heads"]["stage"]["kappa_weighting"] == "quadratic"
     if name == "sacroiliitis":
+        assert "Segmentation of the region of interest" in report
         assert m["segmentation"]["n"] > 0 and 0 <= m["segmentation"]["dice"]["value"] <= 1
         assert set(m["heads"]) == {"detected"}
     if name == "liver_fibrosis":
+        assert "Ensemble members" in report
         assert set(m["members"]) == {"convnextv2", "mednext", "deit", "resnet50"}
 
 

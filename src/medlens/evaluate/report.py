@@ -205,6 +205,86 @@ img{max-width:100%}h2{border-bottom:2px solid #ddd;padding-bottom:4px}
 """
 
 
+def _other_outputs_html(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Held-out figures beyond the class head: ensemble members, extra heads, segmentation."""
+    parts: list[str] = []
+    training = meta.get("training", {})
+    if "members" in metrics:
+        parts.append("<h2>Ensemble members (test)</h2>")
+        parts.append(
+            f"<p>Soft voting: the ensemble's probability is the weighted mean of its members'. "
+            f"Weights: {html.escape(str(training.get('weights_from', 'recipe')))}. Each member "
+            "was trained on the same split; these are its own test figures.</p>"
+        )
+        rows = [
+            [
+                html.escape(label),
+                _num(m.get("weight")),
+                _ci(m["macro_f1"]),
+                _ci(m["balanced_accuracy"]),
+                _ci(m["macro_roc_auc"]),
+            ]
+            for label, m in metrics["members"].items()
+        ]
+        ov = metrics["intervals"]["overall"]
+        rows.append(
+            [
+                "<strong>ensemble</strong>",
+                "1",
+                _ci(ov["macro_f1"]),
+                _ci(ov["balanced_accuracy"]),
+                _ci(ov["macro_roc_auc"]),
+            ]
+        )
+        parts.append(
+            _table(["member", "weight", "macro-F1", "balanced accuracy", "macro ROC-AUC"], rows)
+        )
+    for name, h in (metrics.get("heads") or {}).items():
+        parts.append(f"<h2>Head: {html.escape(name)} (test)</h2>")
+        if h.get("type") == "regression":
+            parts.append(
+                _table(
+                    ["figure", "value [95 % CI]"],
+                    [
+                        ["mean absolute error", _ci(h["mae"])],
+                        ["Pearson r", _ci(h["pearson_r"])],
+                        ["cases with a known target", str(h["n"])],
+                    ],
+                )
+            )
+        elif "overall" in h:
+            rows = [
+                ["accuracy", _ci(h["overall"]["accuracy"])],
+                ["balanced accuracy", _ci(h["overall"]["balanced_accuracy"])],
+                ["macro-F1", _ci(h["overall"]["macro_f1"])],
+                [f"kappa ({h['kappa_weighting']} weighting)", _ci(h["overall"]["kappa"])],
+                ["cases with a known target", str(h["n"])],
+            ]
+            parts.append(_table(["figure", "value [95 % CI]"], rows))
+        else:
+            parts.append(f"<p>Not scored: {html.escape(str(h.get('skipped', '')))}.</p>")
+    if "segmentation" in metrics:
+        sm = metrics["segmentation"]
+        seg_train = training.get("segmentation", {})
+        parts.append("<h2>Segmentation of the region of interest (test)</h2>")
+        parts.append(
+            _table(
+                ["figure", "value [95 % CI]"],
+                [
+                    ["Dice (mean over images)", _ci(sm["dice"])],
+                    ["IoU (mean over images)", _ci(sm["iou"])],
+                    ["test images with a mask", str(sm["n"])],
+                    ["best validation Dice (checkpoint choice)", _num(seg_train.get("val_dice"))],
+                ],
+            )
+        )
+        parts.append(
+            "<p>The classifier reads the image gated to the predicted region; heat maps are "
+            "focused on it.</p>"
+        )
+    return "\n".join(parts)
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` (and ``report.json``) for a run folder written by ``medlens train``."""
     run_dir = Path(run_dir)
@@ -402,6 +482,7 @@ def render_report(run_dir: str | Path) -> Path:
         "by minimising negative log-likelihood; it does not change any argmax.</p>"
     )
     parts.append(_reliability_plot(cal))
+    parts.append(_other_outputs_html(metrics, meta))
     parts.append("<h2>Worklists (test)</h2>")
     parts.append(_worklist_html(worklists, classes))
     section = run_dir / "explanations" / "section.html"

@@ -405,6 +405,20 @@ def linear_probe(
 # ---- MONAI networks -------------------------------------------------------------------------
 
 
+def monai_module(name: str) -> Any:
+    """Import a MONAI sub-module, or say how to install MONAI (an optional extra)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        from medlens.errors import MedlensError
+
+        raise MedlensError(
+            f"this model needs MONAI ({name}); install it with: pip install \"medlens[monai]\""
+        ) from None
+
+
 class MedNeXtClassifier(nn.Module):
     """MONAI's MedNeXt encoder (stem, encoder stages, bottleneck) + global pooling + a head."""
 
@@ -419,9 +433,7 @@ class MedNeXtClassifier(nn.Module):
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
-        from monai.networks.nets import MedNeXt
-
-        net = MedNeXt(
+        net = monai_module("monai.networks.nets").MedNeXt(
             spatial_dims=2,
             init_filters=init_filters,
             in_channels=in_chans,
@@ -475,9 +487,7 @@ def attention_unet(
     dropout: float = 0.0,
 ) -> nn.Module:
     """MONAI Attention U-Net: ``num_classes`` output channels (1 for a binary mask)."""
-    from monai.networks.nets import AttentionUnet
-
-    model = AttentionUnet(
+    model = monai_module("monai.networks.nets").AttentionUnet(
         spatial_dims=2,
         in_channels=in_chans,
         out_channels=num_classes,
@@ -497,9 +507,7 @@ class DiceBCELoss(nn.Module):
 
     def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0) -> None:
         super().__init__()
-        from monai.losses import DiceLoss
-
-        self.dice = DiceLoss(sigmoid=True)
+        self.dice = monai_module("monai.losses").DiceLoss(sigmoid=True)
         self.bce = nn.BCEWithLogitsLoss()
         self.wd, self.wb = dice_weight, bce_weight
 
@@ -511,8 +519,8 @@ def dice_iou(
     logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
 ) -> dict[str, float]:
     """Dice and IoU of thresholded sigmoid masks vs targets (MONAI's metrics, batch mean)."""
-    from monai.metrics import compute_dice, compute_iou
-
+    metrics = monai_module("monai.metrics")
+    compute_dice, compute_iou = metrics.compute_dice, metrics.compute_iou
     pred = (torch.sigmoid(logits) >= threshold).float()
     t = target.float()
     dice = compute_dice(pred, t, include_background=True, ignore_empty=False)

@@ -168,6 +168,11 @@ class Result(Base):
     risk: Mapped[float] = mapped_column(Float, default=0.0)
     summary: Mapped[str] = mapped_column(Text)
     summary_llm: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A multi-task model's other heads ({head: {label, confidence, probabilities} or {value}})
+    # and, for a fusion model, the modalities the prediction used. Nullable: results stored
+    # before migration 0002, and results of plain single-image models, have neither.
+    heads: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    modalities_used: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
     image: Mapped[StoredImage] = relationship(lazy="joined")
     user: Mapped[User] = relationship(lazy="joined")

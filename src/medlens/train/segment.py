@@ -73,8 +73,10 @@ def per_image_dice_iou(
     Same definitions as :func:`medlens.models.zoo.dice_iou` (which averages them), kept per
     image for epoch means weighted by image and for bootstrap intervals.
     """
-    from monai.metrics import compute_dice, compute_iou
+    from medlens.models.zoo import monai_module
 
+    metrics = monai_module("monai.metrics")
+    compute_dice, compute_iou = metrics.compute_dice, metrics.compute_iou
     pred = (torch.sigmoid(logits.float()) >= threshold).float()
     t = (target.float() > 0.5).float()
     dice = compute_dice(pred, t, include_background=True, ignore_empty=False)
