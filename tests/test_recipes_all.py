@@ -165,3 +165,49 @@ def test_bad_head_value_names_file_and_column(tmp_path):
         head_targets(r, [s])
     t = head_targets(r, [Sample("b.png", "glioma", extra=(("stage", ""), ("risk", "0.25")))])
     assert t["stage"][0] == -1 and t["risk"][0] == pytest.approx(0.25)
+
+
+def test_fusion_training_data_keeps_cases_with_a_missing_modality(tmp_path):
+    import csv
+
+    from medlens.data.manifest import load_manifest
+    from medlens.data.splits import make_splits
+    from medlens.train.dataset import RecordDataset
+    from medlens.train.trainer import prepare_split_data
+    from medlens.workflow import ensure_phantoms
+
+    r = shrunk_recipe("brain_tumor")
+    src = ensure_phantoms(r, tmp_path / "data")
+    rows = list(csv.DictReader(src.open()))
+    for i, row in enumerate(rows):
+        if i % 3 == 0:
+            row["ct_path"] = ""  # no CT for every third case
+    edited = src.parent / "manifest_missing_ct.csv"
+    with edited.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    man = load_manifest(r.data, edited, r.task.classes, r.extra_columns(), r.path_columns())
+    splits = make_splits(man, r.split.val, r.split.test, r.split.seed)
+    data = prepare_split_data(r, man, splits, tmp_path / "run", progress=False)
+    _arr, ok = data.modal["ct"]
+    missing = [i for i, s in enumerate(data.samples) if s.get("ct_path") is None]
+    assert (
+        missing
+        and not ok[missing].any()
+        and ok[[i for i in range(len(ok)) if i not in missing]].all()
+    )
+    ds = RecordDataset(
+        data.cache.array,
+        data.rows["train"],
+        [0] * len(data.rows["train"]),
+        data.targets,
+        data.modal,
+        data.main_modality,
+    )
+    recs = [ds[j] for j in range(len(ds))]
+    assert {rec["present"]["ct"] for rec in recs} == {True, False}
+    assert all(rec["present"]["mri"] for rec in recs)
+    assert (
+        set(recs[0]["x"]) == {"mri", "ct"} and recs[0]["t_stage"].dtype.is_floating_point is False
+    )
