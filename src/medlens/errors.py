@@ -7,6 +7,7 @@ file or field at fault and says what would fix it. The CLI prints it without a t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class MedlensError(Exception):
@@ -32,3 +33,20 @@ class DataError(MedlensError):
 
 class BundleError(MedlensError):
     """A model bundle is missing, changed, truncated or incompatible."""
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency, or raise one message saying which extra installs it.
+
+    Optional parts (MONAI networks, the classical baselines, the server) are imported where they
+    are used, so the core imports without them; this turns a missing one into an instruction.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MedlensError(
+            f"{module.split('.')[0]!r} is not installed; install it with: "
+            f'pip install "medlens[{extra}]"'
+        ) from None

@@ -31,12 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from medlens.errors import BundleError, MedlensError
+from medlens.errors import BundleError, MedlensError, require
 from medlens.models.registry import register_model
 
 KINDS = ("mlp", "rf", "xgboost")
 CLASSICAL_MODELS = tuple(f"hog_{k}" for k in KINDS)  # their registry names
-INSTALL_HINT = 'pip install "medlens[classical]"'
 
 # Types scikit-learn's MLP and forest need that skops does not trust by default. They are plain
 # data holders (optimizer state, the compiled tree arrays); nothing here can run code on load.
@@ -71,16 +70,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def _require(module: str) -> Any:
-    """Import an optional dependency, or say how to install it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MedlensError(
-            f"the classical models need {module.split('.')[0]!r}, which is not installed: "
-            f"{INSTALL_HINT}"
-        ) from None
+    """Import an optional dependency of the classical models (the ``classical`` extra)."""
+    return require(module, "classical")
 
 
 def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:

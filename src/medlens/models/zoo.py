@@ -406,17 +406,10 @@ def linear_probe(
 
 
 def monai_module(name: str) -> Any:
-    """Import a MONAI sub-module, or say how to install MONAI (an optional extra)."""
-    import importlib
+    """Import a MONAI sub-module (the ``monai`` extra), or say how to install it."""
+    from medlens.errors import require
 
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        from medlens.errors import MedlensError
-
-        raise MedlensError(
-            f"this model needs MONAI ({name}); install it with: pip install \"medlens[monai]\""
-        ) from None
+    return require(name, "monai")
 
 
 class MedNeXtClassifier(nn.Module):
