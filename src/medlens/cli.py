@@ -611,9 +611,44 @@ def _print_run(result) -> None:  # type: ignore[no-untyped-def]
         for rep in pol["validation"].values():
             if not rep.get("met", True):
                 err_console.print(f"[yellow]warning[/] {rep.get('note')}")
+    _print_other_outputs(m)
     console.print(f"bundle: {result.bundle_dir}  ({result.seconds:.0f} s)")
     if result.report is not None:
         console.print(f"report: {result.report}")
+
+
+def _print_other_outputs(m: dict) -> None:
+    """Ensemble members, extra heads and segmentation: held-out figures with intervals."""
+    from medlens.evaluate.intervals import fmt_ci
+
+    if "members" in m:
+        t = Table(title="Ensemble members (test; each trained on the same split)")
+        for col in ("member", "weight", "macro-F1", "macro AUC"):
+            t.add_column(col)
+        for label, r in m["members"].items():
+            t.add_row(
+                label, f"{r['weight']:.3f}", fmt_ci(r["macro_f1"]), fmt_ci(r["macro_roc_auc"])
+            )
+        ov = m["intervals"]["overall"]
+        t.add_row("ensemble", "1", fmt_ci(ov["macro_f1"]), fmt_ci(ov["macro_roc_auc"]))
+        console.print(t)
+    for name, h in (m.get("heads") or {}).items():
+        if h.get("type") == "regression":
+            console.print(
+                f"head {name} (test, n={h['n']}): MAE {fmt_ci(h['mae'])}, Pearson r "
+                f"{fmt_ci(h['pearson_r'])}"
+            )
+        elif "overall" in h:
+            o = h["overall"]
+            console.print(
+                f"head {name} (test, n={h['n']}): accuracy {fmt_ci(o['accuracy'])}, macro-F1 "
+                f"{fmt_ci(o['macro_f1'])}, kappa ({h['kappa_weighting']}) {fmt_ci(o['kappa'])}"
+            )
+    if "segmentation" in m:
+        sm = m["segmentation"]
+        console.print(
+            f"segmentation (test, n={sm['n']}): Dice {fmt_ci(sm['dice'])}, IoU {fmt_ci(sm['iou'])}"
+        )
 
 
 def main() -> None:
