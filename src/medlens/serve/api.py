@@ -57,6 +57,12 @@ class ModelInfo(BaseModel):
     calibrated: bool
     ensemble: bool
     intended_use: str
+    heads: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="other heads: {name: {type, classes}}"
+    )
+    modalities: list[str] | None = Field(
+        default=None, description="fusion models: the modalities taken, main one first"
+    )
 
 
 class SummarySection(BaseModel):
@@ -95,6 +101,16 @@ class ResultOut(BaseModel):
     summary: list[SummarySection]
     summary_llm: str | None
     preprocess_info: dict[str, Any]
+    heads: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="a multi-task model's other heads: {name: {label, confidence, probabilities}}"
+        " for a classification head, {name: {value}} for a regression head; scores are not"
+        " calibrated, and a clinician decides whether they hold",
+    )
+    modalities_used: list[str] | None = Field(
+        default=None,
+        description="fusion models: the modalities this prediction used (null: single-image model)",
+    )
     disclaimer: str
     links: dict[str, str]
 

@@ -45,6 +45,11 @@ METHOD_LABELS = {
 }
 
 
+# Registry names of ensemble models: a bundle records the registry name (``soft_voting``), which
+# need not contain the word "ensemble".
+ENSEMBLE_MODELS = frozenset({"soft_voting"})
+
+
 @dataclass
 class LoadedModel:
     key: str
@@ -77,8 +82,19 @@ class LoadedModel:
 
     @property
     def is_ensemble(self) -> bool:
-        spec = self.meta.get("model", {})
-        return bool(self.meta.get("ensemble")) or "ensemble" in str(spec.get("name", "")).lower()
+        name = str(self.meta.get("model", {}).get("name", "")).lower()
+        return bool(self.meta.get("ensemble")) or name in ENSEMBLE_MODELS or "ensemble" in name
+
+    @property
+    def modalities(self) -> list[str] | None:
+        """A fusion model's modalities, main one first (None: a single-image model)."""
+        mods = self.predictor.modalities
+        return list(mods) if mods else None
+
+    @property
+    def head_specs(self) -> dict[str, dict[str, Any]]:
+        """The other heads the bundle declares (``task.heads``), keyed by head name."""
+        return dict(self.predictor.head_specs)
 
     @property
     def priority(self) -> list[str]:
@@ -104,6 +120,11 @@ class LoadedModel:
             "calibrated": self.predictor.temperature != 1.0,
             "ensemble": self.is_ensemble,
             "intended_use": self.intended_use,
+            "heads": {
+                k: {"type": str(v.get("type", "classification")), "classes": v.get("classes")}
+                for k, v in self.head_specs.items()
+            },
+            "modalities": self.modalities,
         }
 
     def predict(self, image: np.ndarray) -> Prediction:
@@ -111,7 +132,15 @@ class LoadedModel:
             return self.predictor.predict(image)
 
     def preprocess(self, image: np.ndarray) -> PreprocessResult:
-        return self.predictor.preprocess(image)
+        """The model's view of ``image``; for a fusion model, the main modality's view.
+
+        An upload is one image, which a fusion predictor treats as its first modality and
+        preprocesses into ``{modality: result or None}``; the pages show that one image.
+        """
+        pre = self.predictor.preprocess(image)
+        if isinstance(pre, dict):
+            return next(p for p in pre.values() if p is not None)
+        return pre
 
 
 class ModelRegistry:
@@ -198,6 +227,9 @@ def explain_overlay(
     """
     if method not in METHODS:
         return None, f"unknown heatmap method {method!r}"
+    if model.modalities is not None:
+        # CAM needs one image through one network; a fusion model takes several encoders' inputs.
+        return None, "heatmap unavailable: not computed for multi-image (fusion) models"
     try:
         from medlens.explain import explain, overlay
     except Exception as exc:

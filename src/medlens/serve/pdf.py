@@ -1,14 +1,16 @@
 """PDF report of one result (reportlab): what a clinician files or prints.
 
 Decision first, then how sure, the images (original, preprocessed, heatmap), calibrated
-probabilities as bars with the policy thresholds, the plain-language summary, and the provenance
-(model, bundle name and SHA-256, date) with the disclaimer on every page.
+probabilities as bars with the policy thresholds, a multi-task model's other findings (each
+head's output, marked as a model output a clinician decides on), the plain-language summary, and
+the provenance (model, bundle name and SHA-256, date, images used by a fusion model) with the
+disclaimer on every page.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from medlens.inference import DISCLAIMER
@@ -37,6 +39,8 @@ class ReportData:
     heatmap_png: bytes | None
     heatmap_method: str
     heatmap_note: str | None
+    findings: list[tuple[str, str]] = field(default_factory=list)  # (head, "stage 2 (71%)")
+    modalities: str | None = None  # fusion models: "MRI only — CT missing"
 
 
 def _esc(text: str) -> str:
@@ -99,6 +103,8 @@ def render_pdf(d: ReportData) -> bytes:
     story.append(Paragraph(f"Rule: {rule}. Most probable class: {_esc(d.label)}.", body))
     if d.borderline:
         story.append(Paragraph("<b>Borderline:</b> " + _esc("; ".join(d.borderline)), body))
+    if d.modalities:
+        story.append(Paragraph(f"<b>Images used:</b> {_esc(d.modalities)}.", body))
     story.append(Paragraph(f"<b>{_esc(DISCLAIMER)}</b>", body))
     story.append(Spacer(1, 4 * mm))
 
@@ -143,6 +149,26 @@ def render_pdf(d: ReportData) -> bytes:
     story += [drawing, Paragraph("Vertical marks: the policy's thresholds.", small)]
     story.append(Spacer(1, 3 * mm))
 
+    if d.findings:
+        story.append(Paragraph("<b>Other findings</b> (model outputs)", body))
+        ft = Table(
+            [
+                [Paragraph(f"<b>{_esc(a)}</b>", small), Paragraph(_esc(b), small)]
+                for a, b in d.findings
+            ],
+            colWidths=[38 * mm, 142 * mm],
+        )
+        ft.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.25, colors.grey)]))
+        story.append(ft)
+        story.append(
+            Paragraph(
+                f"Further outputs of {_esc(d.model_name)}; their scores are not calibrated. "
+                "They are model outputs, not diagnoses: a clinician decides whether they hold.",
+                small,
+            )
+        )
+        story.append(Spacer(1, 3 * mm))
+
     for h, text in d.summary:
         story.append(Paragraph(f"<b>{_esc(h)}.</b> {_esc(text)}", body))
     story.append(Spacer(1, 3 * mm))
@@ -156,6 +182,8 @@ def render_pdf(d: ReportData) -> bytes:
         ["Bundle SHA-256", d.bundle_sha256],
         ["Intended use", d.intended_use or "-"],
     ]
+    if d.modalities:
+        prov.append(["Images used", d.modalities])
     pt = Table(
         [[Paragraph(_esc(a), small), Paragraph(_esc(b), small)] for a, b in prov],
         colWidths=[38 * mm, 142 * mm],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,7 +43,15 @@ from medlens.serve.engine import (
 )
 from medlens.serve.settings import ServeSettings
 from medlens.serve.storage import Workspace, png_bytes
-from medlens.serve.summary import SummaryInput, summary_sections, summary_text
+from medlens.serve.summary import (
+    Finding,
+    SummaryInput,
+    head_findings,
+    main_preprocess_info,
+    modalities_text,
+    summary_sections,
+    summary_text,
+)
 from medlens.serve.uploads import ValidatedImage
 
 log = logging.getLogger("medlens.serve")
@@ -232,7 +241,30 @@ def _summary_input(model: LoadedModel | None, r: Result) -> SummaryInput:
         priority=model.priority if model else [],
         borderline=list(r.borderline or []),
         preprocess_info=dict(r.preprocess_info or {}),
+        heads=dict(r.heads or {}),
+        modalities_used=list(r.modalities_used) if r.modalities_used is not None else None,
+        modalities=model.modalities if model else None,
     )
+
+
+@dataclass
+class Extras:
+    """What a result adds beyond the class decision, ready for a page, the PDF or the CSV."""
+
+    findings: list[Finding]  # the other heads' outputs
+    modalities: str | None  # fusion models: "MRI only — CT missing"
+
+
+def extras(state: ServeState, r: Result) -> Extras:
+    """The other heads and the modalities used of ``r``; the loaded model says what is missing."""
+    model = state.models.get(r.bundle_key)
+    available = model.modalities if model is not None and model.sha256 == r.bundle_sha256 else None
+    return Extras(head_findings(r.heads), modalities_text(r.modalities_used, available))
+
+
+def preprocess_facts(r: Result) -> dict[str, Any]:
+    """The main image's preprocessing facts (a fusion result stores them per modality)."""
+    return main_preprocess_info(dict(r.preprocess_info or {}), r.modalities_used)
 
 
 def store_image(state: ServeState, db: Session, user: User, v: ValidatedImage) -> StoredImage:
@@ -296,6 +328,8 @@ def predict_to_result(
         priority_rank=t.priority_rank,
         risk=t.risk,
         summary="",
+        heads=_jsonable(pred.heads) if pred.heads else None,
+        modalities_used=list(pred.modalities_used) if pred.modalities_used is not None else None,
     )
     r.summary = summary_text(_summary_input(model, r))
     db.add(r)
@@ -304,12 +338,15 @@ def predict_to_result(
 
 
 def _jsonable(v: Any) -> Any:
+    """Plain JSON values; NaN and infinity (a diverged head) become None, which JSON can hold."""
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
         return [_jsonable(x) for x in v]
     if hasattr(v, "item"):
-        return v.item()
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
     return v
 
 
@@ -479,6 +516,8 @@ def result_dict(state: ServeState, r: Result, base_url: str = "") -> dict[str, A
         "summary": [{"heading": h, "text": t} for h, t in sections(state, r)],
         "summary_llm": r.summary_llm,
         "preprocess_info": r.preprocess_info,
+        "heads": dict(r.heads or {}),
+        "modalities_used": list(r.modalities_used) if r.modalities_used is not None else None,
         "disclaimer": DISCLAIMER,
         "links": {
             "self": f"{base_url}/api/v1/results/{r.id}",
@@ -498,6 +537,7 @@ def report_pdf(state: ServeState, r: Result, method: str) -> bytes:
     except Refused:
         pre_png = None
     heat, note = heatmap_png(state, r, method)
+    ex = extras(state, r)
     return render_pdf(
         ReportData(
             result_id=r.id,
@@ -521,6 +561,8 @@ def report_pdf(state: ServeState, r: Result, method: str) -> bytes:
             heatmap_png=heat,
             heatmap_method=METHOD_LABELS.get(method, method),
             heatmap_note=note,
+            findings=[(f.name, f.value) for f in ex.findings],
+            modalities=ex.modalities,
         )
     )
 

@@ -9,9 +9,10 @@ machine rewrite. The API key is read from the environment variable named in the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medlens.inference import DISCLAIMER
@@ -28,6 +29,11 @@ class SummaryInput:
     priority: list[str]
     borderline: list[str]
     preprocess_info: dict[str, Any]
+    # A multi-task model's other heads, as stored with the result (see :func:`head_findings`).
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Fusion models only: the modalities this prediction used, and all the model takes.
+    modalities_used: list[str] | None = None
+    modalities: list[str] | None = None
 
 
 def certainty_words(p: float) -> str:
@@ -44,8 +50,82 @@ def pct(p: float) -> str:
     return f"{100 * p:.0f}%"
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One other head's output as a clinician reads it: ``stage: stage 2 (71%)``."""
+
+    name: str  # display name: the head's name, "score" added for a regression head
+    value: str  # "stage 2 (71%)" or "0.42"
+    confidence: float | None  # classification heads: the shown class's (uncalibrated) score
+
+    @property
+    def text(self) -> str:
+        return f"{self.name}: {self.value}"
+
+
+def head_findings(heads: dict[str, dict[str, Any]] | None) -> list[Finding]:
+    """Display rows for a result's other heads, in the model's head order.
+
+    A regression head's name gets "score" appended ("risk" -> "risk score") because its value is
+    an unscaled model output, not a measurement in clinical units. A value that is missing or
+    not finite (a diverged head) says so instead of printing ``nan``.
+    """
+    rows = []
+    for name, out in (heads or {}).items():
+        label = str(name).replace("_", " ")
+        if "value" in out:
+            v = out.get("value")
+            if not label.endswith(("score", "value")):
+                label += " score"
+            ok = isinstance(v, int | float) and math.isfinite(v)
+            rows.append(Finding(label, f"{v:.2f}" if ok else "not available", None))
+            continue
+        conf = out.get("confidence")
+        if isinstance(conf, int | float) and math.isfinite(conf):
+            rows.append(Finding(label, f"{out.get('label', '?')} ({pct(conf)})", float(conf)))
+        else:
+            rows.append(Finding(label, str(out.get("label", "not available")), None))
+    return rows
+
+
+def modality_name(m: str) -> str:
+    """``mri`` -> ``MRI``: short modality keys are acronyms; longer ones are kept as written."""
+    return m.upper() if len(m) <= 3 else m
+
+
+def modalities_text(used: list[str] | None, available: list[str] | None) -> str | None:
+    """``"MRI only — CT missing"`` for a fusion result; None for a single-image model.
+
+    ``available`` (all the model's modalities) comes from the loaded bundle; when the model is no
+    longer loaded only what was used can be said.
+    """
+    if used is None:
+        return None
+    names = [modality_name(m) for m in used] or ["none"]
+    if not available:
+        return " + ".join(names) + " used"
+    missing = [modality_name(m) for m in available if m not in used]
+    if not missing:
+        return " + ".join(names) + " (all modalities)"
+    only = " only" if len(names) == 1 else ""
+    return f"{' + '.join(names)}{only} — {', '.join(missing)} missing"
+
+
+def main_preprocess_info(info: dict[str, Any], modalities_used: list[str] | None) -> dict[str, Any]:
+    """The main image's preprocessing facts; a fusion result stores them per modality."""
+    if modalities_used:
+        first = info.get(modalities_used[0])
+        if isinstance(first, dict):
+            return first
+    return info
+
+
 def summary_sections(s: SummaryInput) -> list[tuple[str, str]]:
-    """``[(heading, text), ...]`` for the page, the PDF and the API."""
+    """``[(heading, text), ...]`` for the page, the PDF and the API.
+
+    "Images used" (fusion models) and "Other findings" (multi-task heads) appear only when they
+    apply, so a plain single-image model's summary is unchanged.
+    """
     p_dec = s.probabilities.get(s.decision, 0.0)
     kind = "calibrated probability" if s.calibrated else "score (not calibrated)"
     found = f"The model {s.model_name} suggests {s.decision}."
@@ -87,20 +167,37 @@ def summary_sections(s: SummaryInput) -> list[tuple[str, str]]:
             "No prioritised finding was suggested. This does not rule disease out: read the image "
             "as usual, and look at the heatmap only as a hint of what the model attended to."
         )
-    exposure = s.preprocess_info.get("exposure_status")
-    if s.preprocess_info.get("clahe_applied") or (exposure and exposure != "ok"):
+    info = main_preprocess_info(s.preprocess_info, s.modalities_used)
+    exposure = info.get("exposure_status")
+    if info.get("clahe_applied") or (exposure and exposure != "ok"):
         checks.append(
             f"Image quality was flagged (exposure: {exposure or 'unusual'}); contrast was "
             "enhanced (CLAHE) before the model saw it. Consider whether the image is adequate."
         )
     if p_dec < 0.7:
         checks.append("The model is not confident here; weigh it less than usual.")
-    return [
-        ("What was found", found),
-        ("How sure", how),
-        ("What to check", " ".join(checks)),
-        ("Who decides", DISCLAIMER),
-    ]
+    out = [("What was found", found), ("How sure", how)]
+    used = modalities_text(s.modalities_used, s.modalities)
+    if used is not None:
+        text = f"The model used {used}."
+        if s.modalities and set(s.modalities) - set(s.modalities_used or []):
+            text += (
+                " A learned placeholder stood in for the missing images, so this result rests "
+                "on less information than a complete study; weigh it accordingly."
+            )
+        out.append(("Images used", text))
+    if findings := head_findings(s.heads):
+        out.append(
+            (
+                "Other findings",
+                f"The same model, {s.model_name}, also outputs "
+                + "; ".join(f.text for f in findings)
+                + ". These are further model outputs with uncalibrated scores, not diagnoses: "
+                "a clinician decides whether they hold.",
+            )
+        )
+    out += [("What to check", " ".join(checks)), ("Who decides", DISCLAIMER)]
+    return out
 
 
 def summary_text(s: SummaryInput) -> str:

@@ -353,6 +353,8 @@ def result_context(st: ServeState, r: Any, method: str) -> dict[str, Any]:
         "certainty": certainty_words(p_dec),
         "is_priority": model is not None and r.decision in model.priority,
         "sections": services.sections(st, r),
+        "extras": services.extras(st, r),
+        "pre_info": services.preprocess_facts(r),
     }
 
 
@@ -480,10 +482,19 @@ def history(
     per_page = 25
     rows, total = services.search_results(db, user, q, per_page, (page - 1) * per_page)
     pages = max(1, math.ceil(total / per_page))
+    st = state_of(request)
     return render(
         request,
         "history.html",
-        {"rows": rows, "q": q, "page": page, "pages": pages, "total": total, "deleted": deleted},
+        {
+            "rows": rows,
+            "extras": {r.id: services.extras(st, r) for r in rows},
+            "q": q,
+            "page": page,
+            "pages": pages,
+            "total": total,
+            "deleted": deleted,
+        },
         user=user,
     )
 
@@ -585,7 +596,13 @@ def batch_job(request: Request, db: DB, user: CurrentUser, job_id: str) -> Respo
     return render(
         request,
         "batch.html",
-        {"job": job, "items": items, "model": model, "margin": st.settings.borderline_margin},
+        {
+            "job": job,
+            "items": items,
+            "extras": {it.result.id: services.extras(st, it.result) for it in items if it.result},
+            "model": model,
+            "margin": st.settings.borderline_margin,
+        },
         user=user,
     )
 
@@ -612,6 +629,8 @@ def worklist_csv(st: ServeState, db: Session, job: BatchJob) -> str:
             "risk",
             "borderline",
             *[f"p_{c}" for c in classes],
+            "other_findings",
+            "modalities_used",
             "model",
             "bundle_sha256",
             "result_id",
@@ -634,6 +653,8 @@ def worklist_csv(st: ServeState, db: Session, job: BatchJob) -> str:
                     "",
                     "",
                     "",
+                    "",
+                    "",
                     _cell(it.error or ""),
                     DISCLAIMER,
                 ]
@@ -648,6 +669,8 @@ def worklist_csv(st: ServeState, db: Session, job: BatchJob) -> str:
                 f"{r.risk:.4f}",
                 "; ".join(r.borderline or []),
                 *[f"{r.probabilities.get(c, 0.0):.4f}" for c in classes],
+                _cell("; ".join(f.text for f in services.extras(st, r).findings)),
+                " ".join(r.modalities_used) if r.modalities_used is not None else "",
                 r.model_name,
                 r.bundle_sha256,
                 r.id,

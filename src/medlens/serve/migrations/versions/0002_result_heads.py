@@ -20,13 +20,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # batch mode: SQLite cannot drop columns in place, and the downgrade must work there too
-    with op.batch_alter_table("results") as batch:
-        batch.add_column(sa.Column("heads", sa.JSON(), nullable=True))
-        batch.add_column(sa.Column("modalities_used", sa.JSON(), nullable=True))
+    op.add_column("results", sa.Column("heads", sa.JSON(), nullable=True))
+    op.add_column("results", sa.Column("modalities_used", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("results") as batch:
-        batch.drop_column("modalities_used")
-        batch.drop_column("heads")
+    # Plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35), not batch mode: a batch rebuild drops
+    # and recreates ``results``, and with foreign keys on, that DROP would null every
+    # batch_items.result_id (ON DELETE SET NULL) and detach the worklists from their results.
+    op.drop_column("results", "modalities_used")
+    op.drop_column("results", "heads")
