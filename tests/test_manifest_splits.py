@@ -123,3 +123,31 @@ def test_fingerprint_changes_with_file_content(tmp_path: Path):
     f2 = from_folder(root, CLASSES).fingerprint()
     assert f1["manifest_sha256"] == f2["manifest_sha256"]
     assert f1["files_sha256"] != f2["files_sha256"]
+
+
+def test_few_patients_hold_out_whole_patients():
+    from medlens.data.manifest import Manifest, Sample
+    from medlens.data.splits import make_splits
+
+    samples = [
+        Sample(f"/d/p{p}_s{k}.png", "a" if k % 2 else "b", patient_id=f"P{p}")
+        for p in range(5)
+        for k in range(10)
+    ]
+    m = Manifest(samples, ["a", "b"])
+    splits = make_splits(m, 0.15, 0.15, seed=0)  # asks for 7 folds of 5 patients
+    by_patient: dict[str, set[str]] = {}
+    for s in samples:
+        by_patient.setdefault(s.patient_id, set()).add(splits.assignment[m.key(s)])
+    assert all(len(v) == 1 for v in by_patient.values())  # no patient crosses splits
+    assert {next(iter(v)) for v in by_patient.values()} == {"train", "val", "test"}
+
+
+def test_one_patient_cannot_be_split_and_says_why():
+    from medlens.data.manifest import Manifest, Sample
+    from medlens.data.splits import make_splits
+    from medlens.errors import DataError
+
+    samples = [Sample(f"/d/s{k}.png", "a" if k % 2 else "b", patient_id="P0") for k in range(12)]
+    with pytest.raises(DataError, match="group_by_patient"):
+        make_splits(Manifest(samples, ["a", "b"]), 0.15, 0.15, seed=0)

@@ -44,6 +44,16 @@ def _fold_out(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> 
     # Every class needs at least n_splits groups for the stratifier; fall back gracefully.
     _, counts = np.unique(y, return_counts=True)
     n_splits = int(min(n_splits, max(2, counts.min())))
+    # With few patients (say 5), hold out one whole patient rather than fail: the fold count
+    # cannot exceed the number of groups.
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise DataError(
+            f"only {n_groups} patient/copy group left to split: whole patients cannot be held "
+            "out. Add patients, or set split.group_by_patient: false (then one patient's images "
+            "would cross splits, which the report flags)."
+        )
+    n_splits = min(n_splits, n_groups)
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held = next(iter(sgkf.split(np.zeros(len(y)), y, groups)))
     mask = np.zeros(len(y), dtype=bool)
