@@ -67,7 +67,7 @@ def shrunk_recipe(name: str, n: int = 40, size: int = 48):
         {"epochs": 1, "batch_size": 8, "limit_train_batches": 2, "early_stopping_patience": None}
     )
     d["evaluate"].update({"n_bootstrap": 20, "batch_size": 16})
-    d["explain"].update({"max_images": 3, "faithfulness_images": 0, "n_bootstrap": 20})
+    d["explain"].update({"max_images": 3, "faithfulness_images": 1, "n_bootstrap": 20})
     if d.get("segmentation"):
         d["segmentation"].update({"epochs": 1, "batch_size": 8})
     for m in d["model"].get("members") or []:

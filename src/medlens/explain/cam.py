@@ -129,8 +129,6 @@ def compute_cam(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     xb = _as_batch(x).to(device)
-    if head is None:
-        head = getattr(model, "primary", None)
     wrapped = OutputSelect(model, head)
     modes = {m: m.training for m in model.modules()}
     try:

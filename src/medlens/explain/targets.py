@@ -53,7 +53,8 @@ class OutputSelect(nn.Module):
     def __init__(self, model: nn.Module, head: str | int | None = None) -> None:
         super().__init__()
         self.model = model
-        self.head = head
+        # A multi-head model names the head its class probabilities come from (``primary``).
+        self.head = head if head is not None else getattr(model, "primary", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
