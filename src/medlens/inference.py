@@ -120,7 +120,6 @@ class Predictor:
         self.modalities: dict[str, str] | None = dict(mods) if mods else None
         self.head_specs: dict[str, dict[str, Any]] = dict(bundle.meta["task"].get("heads") or {})
         self.primary = getattr(self.model, "primary", None)
-        self._last_heads: dict[str, np.ndarray] = {}
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str = "cpu") -> Predictor:
@@ -217,9 +216,7 @@ class Predictor:
 
     def logits_tensor(self, batch: Any) -> np.ndarray:
         """Raw (primary-head) logits for an ``N x C x H x W`` batch of preprocessed arrays."""
-        logits, extras = self.outputs(batch)
-        self._last_heads = extras
-        return logits
+        return self.outputs(batch)[0]
 
     def _head_outputs(self, extras: dict[str, np.ndarray], i: int) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
