@@ -431,7 +431,7 @@ def _build(
     return ClassicalModel(kind, num_classes, in_chans, **kw)
 
 
-@register_model("hog_mlp")
+@register_model("hog_mlp", kind="classical", cam="none", exportable=False)
 def hog_mlp(
     num_classes: int, in_chans: int = 1, pretrained: bool | str | Path = False, **kw: Any
 ) -> ClassicalModel:
@@ -439,7 +439,7 @@ def hog_mlp(
     return _build("mlp", num_classes, in_chans, pretrained, **kw)
 
 
-@register_model("hog_rf")
+@register_model("hog_rf", kind="classical", cam="none", exportable=False)
 def hog_rf(
     num_classes: int, in_chans: int = 1, pretrained: bool | str | Path = False, **kw: Any
 ) -> ClassicalModel:
@@ -447,7 +447,7 @@ def hog_rf(
     return _build("rf", num_classes, in_chans, pretrained, **kw)
 
 
-@register_model("hog_xgboost")
+@register_model("hog_xgboost", kind="classical", cam="none", exportable=False)
 def hog_xgboost(
     num_classes: int, in_chans: int = 1, pretrained: bool | str | Path = False, **kw: Any
 ) -> ClassicalModel:

@@ -256,7 +256,7 @@ def from_members(
     )
 
 
-@register_model("soft_voting")
+@register_model("soft_voting", kind="ensemble", cam="member")
 def soft_voting(
     num_classes: int,
     in_chans: int = 3,

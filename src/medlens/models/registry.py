@@ -10,26 +10,106 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from medlens.errors import MedlensError
 
 ModelBuilder = Callable[..., Any]
-_REGISTRY: dict[str, ModelBuilder] = {}
+ModelKind = Literal[
+    "network", "classical", "ensemble", "roi", "fusion", "multitask", "segmentation"
+]
+KINDS: tuple[str, ...] = (
+    "network",
+    "classical",
+    "ensemble",
+    "roi",
+    "fusion",
+    "multitask",
+    "segmentation",
+)
 
 
-def register_model(name: str | None = None) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: register ``fn(num_classes, in_chans, pretrained, **kw) -> nn.Module``."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """What callers need to know about a model without guessing from its name.
+
+    ``kind`` says how it trains (the fitter table in ``medlens.train.fitters`` is keyed by it) and
+    how it is evaluated and served; ``inputs`` is ``"image"`` (one tensor) or ``"modalities"`` (a
+    dict of optional tensors, fusion); ``cam`` is how a heatmap layer is found: ``"auto"`` (family
+    rules, then a probe), ``"member"`` (the dominant member of an ensemble) or ``"none"`` (no layer
+    a CAM can read); ``exportable`` says whether the network can be traced to a graph (ONNX).
+    """
+
+    name: str
+    kind: ModelKind = "network"
+    inputs: Literal["image", "modalities"] = "image"
+    cam: Literal["auto", "member", "none"] = "auto"
+    exportable: bool = True
+    builder: ModelBuilder | None = None
+
+    @property
+    def explainable(self) -> bool:
+        return self.cam != "none"
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str | None = None,
+    *,
+    kind: ModelKind = "network",
+    inputs: Literal["image", "modalities"] = "image",
+    cam: Literal["auto", "member", "none"] = "auto",
+    exportable: bool = True,
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: register ``fn(num_classes, in_chans, pretrained, **kw) -> nn.Module``.
+
+    The keyword arguments are the entry's :class:`ModelInfo`: every place that must know what kind
+    of model it holds asks :func:`model_info` instead of testing names or attributes.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; one of {', '.join(KINDS)}")
 
     def wrap(fn: ModelBuilder) -> ModelBuilder:
         key = name or fn.__name__
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is registered twice")
-        _REGISTRY[key] = fn
+        _REGISTRY[key] = ModelInfo(key, kind, inputs, cam, exportable, fn)
         return fn
 
     return wrap
+
+
+def model_info(name_or_model: Any) -> ModelInfo:
+    """The registry entry of a model name, or of a model built by :func:`create_model`.
+
+    timm names and ``backbone+reader`` hybrids are plain networks. A model object built elsewhere
+    (no ``medlens_info`` tag) is taken as a plain network.
+    """
+    if not isinstance(name_or_model, str):
+        info = getattr(name_or_model, "medlens_info", None)
+        return info if isinstance(info, ModelInfo) else ModelInfo(type(name_or_model).__name__)
+    _ensure_builtin()
+    name = name_or_model
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if is_model(name) or "+" in name:
+        return ModelInfo(name)
+    raise MedlensError(
+        f"model.name: unknown model {name!r} (`medlens models` lists every name)"
+    )
+
+
+def _tag(model: Any, info: ModelInfo) -> Any:
+    """Attach the entry to the built model so code holding only the object can ask its kind."""
+    try:
+        object.__setattr__(model, "medlens_info", info)
+    except (AttributeError, TypeError):  # an object that refuses attributes: callers fall back
+        pass
+    return model
 
 
 def _ensure_builtin() -> None:
@@ -117,18 +197,23 @@ def create_model(
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     _ensure_builtin()
     if name in _REGISTRY:
-        return _REGISTRY[name](
+        info = _REGISTRY[name]
+        assert info.builder is not None
+        model = info.builder(
             num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs
         )
+        return _tag(model, info)
     import timm
 
     if timm.is_model(name):
-        return create_timm_model(name, num_classes, in_chans, pretrained, **kwargs)
+        return _tag(
+            create_timm_model(name, num_classes, in_chans, pretrained, **kwargs), ModelInfo(name)
+        )
     backbone, plus, _ = name.partition("+")
     if plus and (backbone in _REGISTRY or timm.is_model(backbone)):  # backbone + a reader
         from medlens.models.zoo import build_hybrid
 
-        return build_hybrid(name, num_classes, in_chans, pretrained, **kwargs)
+        return _tag(build_hybrid(name, num_classes, in_chans, pretrained, **kwargs), ModelInfo(name))
     close = difflib.get_close_matches(name, list_models(), n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise MedlensError(

@@ -163,7 +163,7 @@ def _spec(value: dict[str, Any] | None, default: dict[str, Any], role: str) -> t
     return str(spec["name"]), dict(spec.get("kwargs") or {})
 
 
-@register_model("roi_classifier")
+@register_model("roi_classifier", kind="roi")
 def roi_classifier(
     num_classes: int,
     in_chans: int = 1,

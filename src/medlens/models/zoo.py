@@ -239,7 +239,7 @@ class MultiTaskModel(nn.Module):
         return self.heads[self.primary]
 
 
-@register_model("multitask")
+@register_model("multitask", kind="multitask")
 def multitask(
     num_classes: int,
     in_chans: int = 3,
@@ -341,7 +341,7 @@ class FusionModel(nn.Module):
         }
 
 
-@register_model("fusion")
+@register_model("fusion", kind="fusion", inputs="modalities", cam="none")
 def fusion(
     num_classes: int,
     in_chans: int = 1,
@@ -470,7 +470,7 @@ def mednext(
     return model
 
 
-@register_model("attention_unet")
+@register_model("attention_unet", kind="segmentation")
 def attention_unet(
     num_classes: int,
     in_chans: int = 1,
