@@ -11,7 +11,8 @@ disk. Measures, in images per second (worker-pool start-up included):
   on 2 cores.
 * ``audit_records_*``: the audit's per-file work: full decode (proves the file readable), the
   hashes, a pixel digest and the intensity/exposure/border statistics.
-* ``near_search_s``: grouping all records into copy groups (multi-index hashing + union-find).
+* ``near_search_s``: grouping all records into copy tiers (multi-index hashing, the detail
+  check of near-identical candidates, union-find); ``lookalike_pairs`` counts the look-alikes.
 * ``audit_total_s``: a whole ``audit()`` of the same images, shortcut probe included.
 
 Each rate also has ``*_cpu_ms_per_image_*`` (CPU time of this process and its workers per
@@ -42,6 +43,8 @@ def main() -> None:
         return
 
     from medlens.data import audit as A
+    from medlens.data.audit import copies as C
+    from medlens.data.audit import records as R
     from medlens.data.manifest import from_folder
 
     manifest = from_folder(DATA)
@@ -50,9 +53,9 @@ def main() -> None:
     n = len(manifest)
     for s in manifest.samples:  # warm the page cache: measure hashing, not the disk
         Path(s.path).read_bytes()
-    entries = A._entries(manifest, {}, None)
-    hash_tasks = A._tasks(entries, None)
-    audit_tasks = A._tasks(entries, "data")
+    entries = R._entries(manifest, {}, None)
+    hash_tasks = R._tasks(entries, None)
+    audit_tasks = R._tasks(entries, "data")
 
     out: dict = {
         "machine": platform.machine(),
@@ -71,12 +74,12 @@ def main() -> None:
     def rate(name: str, tasks: list, workers: int) -> list:
         """Wall-clock images/s, and CPU ms per image (independent of other load)."""
         t, c = time.perf_counter(), cpu()
-        recs = A._compute_records(tasks, workers, None)
+        recs = R._compute_records(tasks, workers, None)
         out[f"{name}_per_s_{workers}proc"] = n / (time.perf_counter() - t)
         out[f"{name}_cpu_ms_per_image_{workers}proc"] = 1000 * (cpu() - c) / n
         return recs
 
-    A._record(hash_tasks[0])  # imports (imagehash, scipy.fft, PIL plugins) outside the timing
+    R._record(hash_tasks[0])  # imports (imagehash, scipy.fft, PIL plugins) outside the timing
     rate("hash", hash_tasks, 1)
     rate("hash", hash_tasks, args.workers)
     rate("audit_records", audit_tasks, 1)
@@ -87,9 +90,10 @@ def main() -> None:
         ms = out[f"{name}_cpu_ms_per_image_{args.workers}proc"]
         out[f"{name}_per_s_{args.workers}_free_cores_est"] = args.workers * 1000 / ms
     t = time.perf_counter()
-    found = A._find_copies([r for r in recs if r.ok], A.DEFAULT_NEAR_THRESHOLD)
+    found = C._find_copies([r for r in recs if r.ok], A.DEFAULT_NEAR_THRESHOLD)
     out["near_search_s"] = time.perf_counter() - t
     out["copy_groups"] = len(found.groups)
+    out["lookalike_pairs"] = len(found.lookalike)
     t = time.perf_counter()
     report = A.audit(manifest, progress=False, workers=args.workers)
     out["audit_total_s"] = time.perf_counter() - t

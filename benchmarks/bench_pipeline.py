@@ -34,7 +34,11 @@ def main() -> None:
     from medlens.models import create_model
     from medlens.recipes import load_recipe
 
-    out: dict = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    out: dict = {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     recipe = load_recipe("chest_xray")
     pipeline = recipe.pipeline()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,12 +1,14 @@
 """Latency of the clinician web service on this machine, printed as JSON (never asserted).
 
-    python benchmarks/bench_serve.py [--n 20] [--bundle runs/chest_xray/bundle --images DIR]
+    python benchmarks/bench_serve.py [--n 20] [--bundle runs/chest_xray/bundle --images DIR] [--cold]
 
 Without ``--bundle`` a tiny chest X-ray bundle is trained first (about 20 s). Then, through
 FastAPI's TestClient (in-process, no network), one user uploads ``--n`` images and the script
 reports median and 90th-percentile times of: the upload request (validate, decode, store,
 predict, save), the result page (which computes the Grad-CAM++ heatmap on first view), the two
 together (upload-to-result, what a clinician waits for), and the REST ``/api/v1/predict`` call.
+Start-up warms every model with one prediction (``warm_up_s``); ``--cold`` skips that, so the
+first upload's time (``first_request_s``) shows what the warm-up saves.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--bundle", type=Path)
     ap.add_argument("--images", type=Path)
+    ap.add_argument("--cold", action="store_true", help="no model warm-up at start-up")
     args = ap.parse_args()
 
     import torch
@@ -88,9 +91,18 @@ def main() -> None:
         files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".dcm"))
         t = time.perf_counter()
         app = create_app(
-            ServeSettings(bundles=[bundle], workspace=root / "ws", warm_explanations=False)
+            ServeSettings(
+                bundles=[bundle],
+                workspace=root / "ws",
+                warm_explanations=False,
+                warm_models=not args.cold,
+            )
         )
         out["startup_s"] = round(time.perf_counter() - t, 2)
+        out["warm_up_s"] = [
+            None if m.warm_seconds is None else round(m.warm_seconds, 2)
+            for m in app.state.medlens.models
+        ]
         with TestClient(app, follow_redirects=False) as c:
             tok = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/signup").text)[1]
             c.post(

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny recipes and data, and the real-data folder beside the project."""
+"""Shared fixtures: tiny recipes and data, the real-data folder beside the project, and one
+trained tiny bundle per test session for the web-service and browser tests."""
 
 from __future__ import annotations
 
@@ -76,3 +77,31 @@ def shrunk_recipe(name: str, n: int = 40, size: int = 48):
     for c in d.get("candidates", []):
         c["train"] = {k: v for k, v in c["train"].items() if k != "epochs"}
     return parse_recipe(d, f"{name} (shrunk)", r.source_dir)
+
+
+@pytest.fixture(scope="session")
+def serve_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``{"a": bundle, "b": a copy under another name, "images": its phantom PNG folder}``.
+
+    Trained once per session (seconds) from :func:`tiny_recipe_dict` and shared by every serve
+    and browser test module; ``b`` differs from ``a`` only in its name (and so its hash), as two
+    bundles of one recipe would.
+    """
+    import json
+    import shutil
+
+    from medlens.bundle import write_sums
+    from medlens.recipes import parse_recipe
+    from medlens.workflow import run_recipe
+
+    root = tmp_path_factory.mktemp("serve_bundle")
+    res = run_recipe(parse_recipe(tiny_recipe_dict(), "t.yaml"), root, progress=False, track=False)
+    a = Path(res.bundle_dir)
+    b = root / "bundle_b"
+    shutil.copytree(a, b)
+    meta = json.loads((b / "bundle.json").read_text())
+    meta["name"] = "tiny_cxr_second"
+    (b / "bundle.json").write_text(json.dumps(meta, indent=2))
+    write_sums(b)
+    images = next(root.glob("data/phantoms_*/images"))
+    return {"a": a, "b": b, "images": images}

@@ -15,12 +15,12 @@ from PIL import Image, ImageEnhance, ImageOps
 from medlens.data.audit import (
     AuditError,
     LeakageError,
-    _near_pairs,
     audit,
     duplicate_groups,
     split_leakage,
     write_audit,
 )
+from medlens.data.audit.nearsearch import _near_pairs
 from medlens.data.manifest import from_csv, from_folder
 from medlens.data.splits import load_or_make_splits, make_splits
 
@@ -241,7 +241,13 @@ def test_against_folder_finds_train_test_copies(tmp_path: Path):
     assert rep.folder_leakage is not None and rep.folder_leakage["n_groups_crossing"] == 1
     (g,) = rep.groups
     assert g.cross_folder and {m["key"] for m in g.members} == {"b/b_003.png", "b/dup.png"}
-    assert any(f.code == "folder_leakage" and f.severity == "critical" for f in rep.verdict)
+    codes = {f.code: f for f in rep.verdict}
+    assert codes["folder_leakage_near"].severity == "critical"  # a resized copy: near-identical
+    assert codes["folder_leakage"].severity == "ok"  # the exact tier has its own line: 0
+    assert codes["folder_leakage"].message.startswith("across folders, exact copies: 0 group(s)")
+    assert rep.folder_leakage["examples"] == [
+        [str(tmp_path / "train" / "b" / "b_003.png"), str(tmp_path / "test" / "b" / "dup.png")]
+    ]
     assert rep.copies() == {}  # the copy is in the other folder: nothing to tie within train
 
 

@@ -76,6 +76,9 @@ def test_liver_exact_copies_and_format_shortcut(tmp_path: Path):
     assert fmt.level == "critical"
     assert any(f.code == "shortcut_property" and "format" in f.message for f in rep.verdict)
     assert d["class_stats"]["F2"]["name_mismatch"] == 8  # PNG data named .jpg
+    p = rep.probe
+    if p.z is not None and p.z >= 3 and p.balanced_accuracy > p.shuffled_p95:
+        assert p.level != "ok"  # significantly above chance is never shown as "ok"
     html_path, _ = write_audit(rep, tmp_path)
     assert "data:image/png;base64," in html_path.read_text(encoding="utf-8")
 
@@ -94,3 +97,18 @@ def test_blood_smear_sample():
     rep = audit(m, progress=False)
     _check_structure(rep, len(m), ["Benign", "Early", "Pre", "Pro"])
     assert rep.problems == []
+
+
+def test_brain_mri_training_against_testing_counts_exact_copies_on_their_own_line():
+    """Training vs Testing of the brain MRI set: the exact cross-folder count has its own line."""
+    train = _folder("brain_mri/Training")
+    test = DATA / "brain_mri" / "Testing"
+    if not test.is_dir():
+        pytest.skip(f"{test} not found: the shared brain MRI set holds only its Training folder")
+    m = _every(from_folder(train), 20)
+    rep = audit(m, against=_every(from_folder(test, m.classes), 5), progress=False, probe=False)
+    lines = {f.code: f.message for f in rep.verdict}
+    exact = rep.folder_leakage["exact"]["n_groups"]
+    assert lines["folder_leakage"].startswith(f"across folders, exact copies: {exact} group(s)")
+    assert lines["folder_leakage_near"].startswith("across folders, near-identical copies:")
+    assert lines["folder_lookalikes"].startswith("across folders, look-alike pairs:")

@@ -116,3 +116,58 @@ def test_add_file_reseals(tmp_path: Path):
 def test_missing_bundle_is_clear(tmp_path: Path):
     with pytest.raises(BundleError, match="bundle not found"):
         load_bundle(tmp_path / "nothing")
+
+
+def test_bundle_records_its_training_data(tmp_path: Path):
+    """Given explicitly, or read from the recipe: phantoms or real, how many, from where."""
+    from medlens.bundle import describe_training_data
+
+    path, _ = _bundle(tmp_path)  # recipe "name: t" says nothing about its data
+    b = load_bundle(path)
+    assert b.meta["training_data"] == {
+        "source": "unknown",
+        "synthetic": False,
+        "n_images": 0,
+        "origin": "not recorded",
+    }
+    assert b.created == b.meta["created"] and not b.synthetic
+
+    model = create_model("small_cnn", num_classes=3, in_chans=1, widths=[4, 8, 8])
+    spec = {"name": "small_cnn", "num_classes": 3, "in_chans": 1, "kwargs": {"widths": [4, 8, 8]}}
+    common = {
+        "model_spec": spec,
+        "classes": ["a", "b", "c"],
+        "task": {"classes": ["a", "b", "c"]},
+        "preprocess": PRE,
+        "data_fingerprint": {"n_samples": 120},
+        "intended_use": "tests",
+    }
+    phantom_yaml = "name: p\ndata:\n  source: phantoms\n  phantoms:\n    kind: chest_xray\n"
+    p = load_bundle(
+        save_bundle(tmp_path / "p", model, name="p", recipe_yaml=phantom_yaml, **common)
+    )
+    assert p.synthetic and p.training_data == {
+        "source": "phantoms",
+        "synthetic": True,
+        "n_images": 120,
+        "origin": "generated chest_xray phantoms",
+    }
+    real_yaml = "name: r\ndata:\n  source: folder\n  path: /data/cxr/train\n"
+    r = load_bundle(save_bundle(tmp_path / "r", model, name="r", recipe_yaml=real_yaml, **common))
+    assert not r.synthetic and r.training_data["origin"] == "/data/cxr/train"
+    assert r.training_data["n_images"] == 120
+    given = describe_training_data("csv", 75, "site A export, 2025")
+    g = load_bundle(
+        save_bundle(
+            tmp_path / "g", model, name="g", recipe_yaml=real_yaml, training_data=given, **common
+        )
+    )
+    assert g.training_data == given and not g.synthetic
+    # A bundle written before the field existed is described from its recipe.
+    meta = json.loads((tmp_path / "p" / "bundle.json").read_text())
+    del meta["training_data"]
+    (tmp_path / "p" / "bundle.json").write_text(json.dumps(meta))
+    from medlens.bundle import write_sums
+
+    write_sums(tmp_path / "p")
+    assert load_bundle(tmp_path / "p").synthetic

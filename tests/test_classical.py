@@ -21,8 +21,8 @@ import medlens.models.classical  # noqa: E402, F401  (registers the hog_* models
 from medlens.bundle import WEIGHTS, save_bundle  # noqa: E402
 from medlens.errors import BundleError, MedlensError  # noqa: E402
 from medlens.inference import Predictor  # noqa: E402
-from medlens.models import create_model  # noqa: E402
-from medlens.models.classical import ClassicalModel, is_classical  # noqa: E402
+from medlens.models import create_model, model_info  # noqa: E402
+from medlens.models.classical import ClassicalModel  # noqa: E402
 from medlens.train.classical import fit_classical  # noqa: E402
 
 NAMES = ["hog_mlp", "hog_rf", "hog_xgboost"]
@@ -69,8 +69,9 @@ def fitted(data) -> dict[str, ClassicalModel]:
 @pytest.mark.parametrize("name", NAMES)
 def test_fits_and_beats_chance(fitted, data, name: str):
     model = fitted[name]
-    assert is_classical(model) and model.is_fitted
-    assert not is_classical(create_model("small_cnn", num_classes=3, in_chans=1, widths=[4]))
+    assert model_info(model).kind == "classical" and model.is_fitted
+    small = create_model("small_cnn", num_classes=3, in_chans=1, widths=[4])
+    assert model_info(small).kind == "network"
     x, y = data["test"]
     with torch.inference_mode():
         logits = model.eval()(torch.from_numpy(x))
@@ -120,7 +121,7 @@ def test_bundle_round_trip_same_probabilities(fitted, data, tmp_path: Path, name
         assert members and all(m.endswith((".json", ".npy")) for m in members), members
 
     predictor = Predictor.from_bundle(path)
-    assert is_classical(predictor.model) and predictor.model.is_fitted
+    assert model_info(predictor.model).kind == "classical" and predictor.model.is_fitted
     x = data["test"][0]
     np.testing.assert_allclose(predictor.predict_tensor(x), model.predict_proba(x), atol=1e-5)
     pred = predictor.predict(x[0, 0])

@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from medlens.data.io import read_image
+from medlens.data.io import read_image, read_mask
 from medlens.explain.cam import METHODS, compute_cam, explain, normalise_method
 from medlens.explain.draw import focus, focus_box, overlay, save_png
 from medlens.explain.faithfulness import FaithfulnessScorer
@@ -243,7 +243,7 @@ def test_deliberately_random_cam_scores_at_baseline_and_is_flagged(
     rng = np.random.default_rng(12345)
     for i, r in enumerate(disease):
         pre = trained.predictor.preprocess(r["path"])
-        mask = align_mask(r["mask_path"], trained.pipeline, pre.info)
+        mask = align_mask(read_mask(r["mask_path"]), trained.pipeline, pre.info)
         scorer.update("deliberately random", str(i), random_cam(mask.shape, rng), mask)
         scorer.update_baselines(str(i), mask)
     res = scorer.compute()["methods"]["deliberately random"]
@@ -267,7 +267,7 @@ def test_deliberately_random_cam_scores_at_baseline_and_is_flagged(
 def test_focus_is_zero_outside_mask_and_box_is_labelled(trained: Trained):
     r = next(r for r in trained.test_rows if r["label"] > 0)
     pre = trained.predictor.preprocess(r["path"])
-    mask = align_mask(r["mask_path"], trained.pipeline, pre.info)
+    mask = align_mask(read_mask(r["mask_path"]), trained.pipeline, pre.info)
     cam = explain(trained.model, torch.from_numpy(pre.image[None]), "gradcam++")
     f = focus(cam, mask, roi="lesion mask")
     assert np.all(f.cam[~mask] == 0.0)

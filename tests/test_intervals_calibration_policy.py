@@ -180,17 +180,28 @@ def test_policy_round_trip():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fast_bootstrap_figures_equal_sklearn(seed: int):
-    """The vectorised replicate path gives scikit-learn's numbers, ties included."""
-    from medlens.evaluate.intervals import _all_figures
+def test_figure_table_equals_sklearn_with_ties(seed: int):
+    """The one implementation of each figure (used for point and replicates) gives
+    scikit-learn's numbers, ties included."""
+    from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_curve
+
+    from medlens.evaluate import figures as F
 
     y, z = _scores(seed, n=150)
     p = np.round(softmax(z), 2)  # rounding creates many tied scores
-    exact = _all_figures(y, p, 3, False, 0.9, exact=True)
-    fast = _all_figures(y, p, 3, False, 0.9, exact=False)
-    for key in ("roc_auc", "pr_auc", "sens_at_spec", "sensitivity", "specificity", "ppv", "npv"):
-        np.testing.assert_allclose(fast[key], exact[key], rtol=1e-10, atol=1e-12, err_msg=key)
-    assert (fast["confusion_matrix"] == exact["confusion_matrix"]).all()
+    b = F.Basis(y, p, 3, False, 0.9)
+    v = F.compute(b)
+    pred = p.argmax(1)
+    assert (b.confusion == confusion_matrix(y, pred, labels=[0, 1, 2])).all()
+    for i in range(3):
+        yb = y == i
+        assert v["roc_auc"][i] == pytest.approx(roc_auc_score(yb, p[:, i]), abs=1e-12)
+        assert v["pr_auc"][i] == pytest.approx(average_precision_score(yb, p[:, i]), abs=1e-12)
+        assert v["sensitivity"][i] == pytest.approx(recall_score(yb, pred == i))
+        assert v["specificity"][i] == pytest.approx(recall_score(~yb, pred != i))
+        assert v["ppv"][i] == pytest.approx(precision_score(yb, pred == i))
+        fpr, tpr, _ = roc_curve(yb, p[:, i])  # scikit-learn's ROC points
+        assert v["sens_at_spec"][i] == pytest.approx(tpr[(1 - fpr) >= 0.9 - 1e-12].max())
 
 
 def test_worklists_find_missed_borderline_and_confident_wrong(tmp_path):
@@ -214,3 +225,87 @@ def test_worklists_find_missed_borderline_and_confident_wrong(tmp_path):
     assert [e.source for e in wl["confident_wrong"]] == ["c"]
     write_worklists_csv(wl, CLASSES, tmp_path / "w.csv")
     assert len((tmp_path / "w.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_borderline_ignores_thresholds_that_cannot_fire():
+    """Issue 14 item 9: a threshold ≥ 1 (argmax alone meets the target) or a class without a
+    threshold never makes a case borderline; a firing threshold within the margin does."""
+    from medlens.evaluate.worklists import build_worklists
+
+    pol = DecisionPolicy(
+        CLASSES, ["tuberculosis", "pneumonia"], {"tuberculosis": 1.0, "pneumonia": 0.40}
+    )
+    confident_tb = np.array([0.01, 0.02, 0.97])  # p(TB) 0.97 is within 0.05 of threshold 1.0
+    assert pol.borderline(confident_tb, 0.05) == []
+    assert not pol.can_fire("tuberculosis") and not pol.can_fire("normal")
+    near = pol.borderline({"normal": 0.5, "pneumonia": 0.42, "tuberculosis": 0.08}, 0.05)
+    assert [(n.cls, n.threshold) for n in near] == [("pneumonia", 0.40)]
+    assert str(near[0]) == "p(pneumonia) = 0.420, threshold 0.40"
+    # The worklist asks the same rule: confident, correct TB cases are not listed.
+    p = np.array([confident_tb, confident_tb, [0.5, 0.42, 0.08]])
+    wl = build_worklists(["a", "b", "c"], [2, 2, 0], p, pol, CLASSES, margin=0.05)
+    assert [e.source for e in wl["borderline"]] == ["c"]
+
+
+def test_all_correct_gives_exact_one_sided_bound_not_a_collapsed_interval():
+    """Issue 14 item 10: every case right → a Clopper–Pearson one-sided bound, said in words."""
+    from medlens.evaluate.intervals import fmt_ci
+
+    y = np.repeat([0, 1, 2], 20)
+    p = np.full((60, 3), 0.05)
+    p[np.arange(60), y] = 0.9
+    m = metrics_with_intervals(y, p, CLASSES, n_bootstrap=50)
+    acc = m["overall"]["accuracy"]
+    assert acc["value"] == 1.0 and acc["interval"] == "exact one-sided"
+    assert acc["ci_low"] == pytest.approx(0.05 ** (1 / 60))  # one-sided 95 % exact bound
+    assert acc["ci_high"] == 1.0 and acc["trials"] == 60
+    assert "all 60 of 60" in fmt_ci(acc) and "lower bound 0.951" in fmt_ci(acc)
+    sens = m["per_class"]["pneumonia"]["sensitivity"]
+    assert sens["ci_low"] == pytest.approx(0.05 ** (1 / 20))
+    # Every case wrong for a class: an upper bound.
+    p2 = p.copy()
+    p2[y == 1] = [0.9, 0.05, 0.05]
+    none = metrics_with_intervals(y, p2, CLASSES, n_bootstrap=50)["per_class"]["pneumonia"]
+    s2 = none["sensitivity"]
+    assert s2["value"] == 0.0 and s2["ci_low"] == 0.0
+    assert s2["ci_high"] == pytest.approx(1 - 0.05 ** (1 / 20))
+    assert "none of 20" in fmt_ci(s2)
+    # A figure that is not a proportion, with all resamples equal: no fake interval.
+    auc = m["overall"]["macro_roc_auc"]
+    assert auc["interval"] == "not estimable" and math.isnan(auc["ci_low"])
+    assert fmt_ci(auc) == "1.000, interval not estimable (all resamples equal)"
+    # Ordinary data keep the percentile interval.
+    y3, z3 = _scores(5)
+    ordinary = metrics_with_intervals(y3, softmax(z3), CLASSES, n_bootstrap=50)["overall"]
+    assert "interval" not in ordinary["accuracy"]
+
+
+def test_kappa_is_named_unweighted_or_quadratic():
+    from medlens.evaluate import figures as F
+
+    y, z = _scores(0)
+    plain = metrics_with_intervals(y, softmax(z), CLASSES, n_bootstrap=5)
+    staged = metrics_with_intervals(y, softmax(z), CLASSES, n_bootstrap=5, ordinal=True)
+    assert F.display_name("kappa", plain) == "Cohen's kappa (unweighted)"
+    assert F.display_name("kappa", staged) == "Cohen's kappa (quadratic-weighted)"
+    assert F.display_name("kappa", {"kappa_weighting": "none"}) == "Cohen's kappa (unweighted)"
+
+
+def test_zero_width_percentile_interval_is_not_shown_as_certainty():
+    """Nearly all replicates equal (a percentile interval of zero width) is not estimable."""
+    from medlens.evaluate.intervals import fmt_ci, pack
+
+    reps = np.r_[np.ones(990), np.full(10, 0.98)]
+    m = pack(1.0, reps, 0.05)
+    assert m["interval"] == "not estimable" and "99.0 % of resamples equal 1.000" in fmt_ci(m)
+    spread = pack(0.9, np.linspace(0.8, 1.0, 1000), 0.05)
+    assert spread["ci_low"] < 0.9 < spread["ci_high"] and "interval" not in spread
+
+
+def test_fmt_ci_never_prints_a_collapsed_interval():
+    from medlens.evaluate.intervals import fmt_ci
+
+    assert fmt_ci({"value": 1.0, "ci_low": 0.99996, "ci_high": 1.0}) == "1.000 [0.99996–1.00000]"
+    assert "not estimable" in fmt_ci({"value": 1.0, "ci_low": 1.0, "ci_high": 1.0})
+    assert fmt_ci({"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}) == "0.900 [0.800–0.950]"
+    assert fmt_ci({"value": None, "ci_low": None, "ci_high": None}) == "n/a"

@@ -351,3 +351,49 @@ def test_pipeline_rejects_out_of_range_images() -> None:
         p(np.full((8, 8), 255.0, dtype=np.float32))
     ok = p(np.full((8, 8), 128, dtype=np.uint8))  # integer images are scaled by their dtype
     assert ok.info["exposure"]["mean"] == pytest.approx(128 / 255, abs=1e-3)
+
+
+# ---- arrays in, never paths -------------------------------------------------------------------
+
+
+def test_preprocess_imports_nothing_from_data() -> None:
+    import ast
+    from pathlib import Path
+
+    import medlens.preprocess as pkg
+
+    for module in Path(pkg.__file__).parent.glob("*.py"):
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("medlens.data"), module.name
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("medlens.data") for a in node.names), module.name
+
+
+def test_align_mask_takes_arrays_and_refuses_paths(tmp_path) -> None:
+    from PIL import Image
+
+    from medlens.data.io import read_mask
+    from medlens.preprocess import align_mask
+
+    pipe = Pipeline.from_config([{"step": "grayscale"}, {"step": "resize", "size": 12}])
+    img = np.zeros((30, 40), np.float32)
+    img[6:18, 8:24] = 0.8
+    pre = pipe(img)
+    small = np.zeros((15, 20), np.uint8)  # the mask drawn at half the image's resolution
+    small[3:9, 4:12] = 255
+    path = tmp_path / "mask.png"
+    Image.fromarray(small, "L").save(path)
+
+    with pytest.raises(MedlensError, match="read_mask"):
+        align_mask(str(path), pipe, pre.info)  # type: ignore[arg-type]
+    with pytest.raises(MedlensError, match="H x W"):
+        align_mask(np.zeros((2, 2, 2), bool), pipe, pre.info)
+
+    # A mask read at its own size and one read at the image's size align to the same pixels.
+    from_small = align_mask(read_mask(path), pipe, pre.info)
+    from_full = align_mask(read_mask(path, shape=(30, 40)), pipe, pre.info)
+    assert from_small.shape == (12, 12) and from_small.dtype == bool
+    np.testing.assert_array_equal(from_small, from_full)
+    np.testing.assert_array_equal(from_small, pre.display > 0.4)

@@ -24,13 +24,13 @@ from medlens.errors import MedlensError
 from medlens.explain.cam import compute_cam
 from medlens.inference import Predictor
 from medlens.models import create_model
-from medlens.models.roi import RoiClassifier, focus_on_mask
+from medlens.models.roi import RoiClassifier
 from medlens.train.segment import (
     DONE,
     SegmentationResult,
     fit_segmentation,
+    model_dice_iou,
     per_image_dice_iou,
-    segmentation_metrics,
 )
 
 SIZE = 32
@@ -104,7 +104,7 @@ def test_fit_segmentation_beats_baselines_and_reloads(fitted: Fitted):
     assert (fitted.run_dir / DONE).is_file() and 1 <= res.epochs_run <= 8
     assert res.spec == SEG_SPEC
 
-    scores = segmentation_metrics(res.model, vx, vm, batch_size=20)
+    scores = model_dice_iou(res.model, vx, vm, batch_size=20)
     assert scores["dice"].shape == (48,) and scores["iou"].shape == (48,) and scores["n"] == 48
     assert scores["dice_mean"] == pytest.approx(res.val_dice)
     assert scores["iou_mean"] == pytest.approx(res.val_iou)
@@ -250,6 +250,11 @@ def test_cam_through_wrapper_is_in_image_coordinates_and_focuses(fitted: Fitted)
     assert mask is not None
     inside = mask[0, 0].numpy() > 0.5
     assert 0 < inside.sum() < inside.size
+    from medlens.explain.draw import focus
+
+    def focus_on_mask(cam, m):  # the predicted joint, binarised as the report does
+        return focus(cam, m[0, 0].numpy() > 0.5, roi="predicted joint").cam
+
     focused = focus_on_mask(res.cam, mask)
     assert focused.shape == (SIZE, SIZE) and focused.dtype == np.float32
     assert np.all(focused[~inside] == 0)

@@ -19,7 +19,6 @@ from tests.test_serve_support import (
     signup,
     tiny_dicom,
     token_of,
-    trained_bundles,
     upload,
     upload_ok,
     wait_for_job,
@@ -29,8 +28,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    b = trained_bundles(tmp_path_factory)
+def env(tmp_path_factory, serve_bundles):
+    b = serve_bundles
     ws = tmp_path_factory.mktemp("ws_api")
     app = make_app(ws, [b["a"], b["b"]])
     with new_client(app):  # runs the lifespan: the batch worker is stopped at the end
@@ -165,11 +164,12 @@ def test_batch_zip_worklist_ordering_and_csv(env):
     assert "escape.png" in page.text and "not a png, jpeg or dicom" in page.text.lower()
 
     state = env["app"].state.medlens
-    from medlens.serve import services
+    from medlens.serve import batch
+    from medlens.serve.db import User
 
     with state.db() as db:
-        job = services.get_job(db, services.User(id=0, role="admin"), job_id)
-        items = services.worklist(db, job)
+        job = batch.get_job(db, User(id=0, role="admin"), job_id)
+        items = batch.worklist(db, job)
         keys = [(it.result.priority_rank, -it.result.risk) for it in items if it.result]
         assert keys == sorted(keys)
         assert items[-1].result is None and items[-1].display_name == "notes.png"
@@ -187,10 +187,19 @@ def test_batch_zip_worklist_ordering_and_csv(env):
 
 
 def test_triage_orders_by_policy_priority_then_risk_and_flags_borderline():
+    from medlens.evaluate.policy import DecisionPolicy
+    from medlens.inference import Predictor
     from medlens.serve.engine import triage
 
     prio = ["tuberculosis", "pneumonia"]
     thr = {"tuberculosis": 0.30, "pneumonia": 0.45}
+    classes = ["normal", "pneumonia", "tuberculosis"]
+    predictor = Predictor.__new__(Predictor)  # the borderline rule needs only the policy
+    predictor.policy = DecisionPolicy(classes, prio, thr)
+
+    def near(p: dict[str, float]) -> list[str]:
+        return predictor.borderline(p, 0.05)
+
     cases = {
         "tb_low": ({"normal": 0.6, "pneumonia": 0.05, "tuberculosis": 0.35}, "tuberculosis"),
         "tb_high": ({"normal": 0.1, "pneumonia": 0.1, "tuberculosis": 0.8}, "tuberculosis"),
@@ -198,13 +207,14 @@ def test_triage_orders_by_policy_priority_then_risk_and_flags_borderline():
         "normal_risky": ({"normal": 0.7, "pneumonia": 0.28, "tuberculosis": 0.02}, "normal"),
         "normal_safe": ({"normal": 0.95, "pneumonia": 0.03, "tuberculosis": 0.02}, "normal"),
     }
-    t = {k: triage(p, d, prio, thr, 0.05) for k, (p, d) in cases.items()}
+    t = {k: triage(p, d, prio, near(p)) for k, (p, d) in cases.items()}
     order = sorted(t, key=lambda k: (t[k].priority_rank, -t[k].risk))
     assert order == ["tb_high", "tb_low", "pn", "normal_risky", "normal_safe"]
     assert t["tb_low"].borderline == ["p(tuberculosis) = 0.350, threshold 0.30"]
     assert not t["tb_high"].borderline and not t["normal_safe"].borderline
     # A threshold of 1.0 never fires, so nothing is "near" it.
-    assert not triage({"a": 0.97, "b": 0.03}, "a", ["a"], {"a": 1.0}, 0.05).borderline
+    predictor.policy = DecisionPolicy(["a", "b"], ["a"], {"a": 1.0})
+    assert not near({"a": 0.97, "b": 0.03})
 
 
 def test_summary_says_what_how_sure_what_to_check_who_decides():

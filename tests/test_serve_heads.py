@@ -116,7 +116,9 @@ def _pdf_string(b: bytes) -> str:
 
 
 def _pct(p: float) -> str:
-    return f"{100 * p:.0f}%"
+    from medlens.serve.formatting import pct
+
+    return pct(p)
 
 
 @pytest.fixture(scope="module")
@@ -292,16 +294,26 @@ def test_findings_and_modalities_wording():
     assert modalities_text(["ct"], None) == "CT used"  # the model is no longer loaded
 
 
-def test_ensemble_recognised_by_its_registry_name():
+def test_ensemble_recognised_by_the_registry_not_the_name():
+    from medlens.models.registry import ModelInfo
     from medlens.serve.engine import LoadedModel
 
-    def loaded(name: str) -> LoadedModel:
-        pred = SimpleNamespace(bundle=SimpleNamespace(meta={"model": {"name": name}}))
-        return LoadedModel("k", pred)  # type: ignore[arg-type]
+    def loaded(name: str, kind: str) -> LoadedModel:
+        info = ModelInfo(name, kind=kind)  # type: ignore[arg-type]
+        return LoadedModel("k", SimpleNamespace(model_info=info))  # type: ignore[arg-type]
 
-    assert loaded("soft_voting").is_ensemble
-    assert loaded("my_ensemble").is_ensemble
-    assert not loaded("multitask").is_ensemble
+    assert loaded("soft_voting", "ensemble").is_ensemble
+    assert not loaded("my_ensemble", "network").is_ensemble  # the name says nothing
+    assert not loaded("multitask", "multitask").is_ensemble
+
+
+def test_served_models_ask_the_registry_for_their_kind(env):
+    """The kind of each served bundle is the registry's entry for the model it rebuilt."""
+    from medlens.models.registry import model_info
+
+    for m in env["app"].state.medlens.models:
+        assert m.predictor.model_info.kind == model_info(m.meta["model"]["name"]).kind
+        assert m.is_ensemble is (m.predictor.model_info.kind == "ensemble")
 
 
 def _alembic(engine, action: str, revision: str) -> None:
@@ -318,13 +330,14 @@ def _alembic(engine, action: str, revision: str) -> None:
 
 
 def test_existing_database_upgrades_and_downgrades(tmp_path):
-    """A database at revision 0001 with a result and a worklist item gains the two nullable
-    columns, keeps its rows (the old result reads back with no heads), and downgrades cleanly."""
+    """A database at revision 0001 with a result and a worklist item gains the nullable columns
+    (heads and modalities in 0002, the image's accession number in 0003), keeps its rows (the old
+    result reads back with no heads, its image with no accession), and downgrades cleanly."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
     from sqlalchemy import inspect, text
 
-    from medlens.serve.db import Base, Result, make_engine, migrate, session_factory
+    from medlens.serve.db import Base, Result, StoredImage, make_engine, migrate, session_factory
 
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     _alembic(engine, "upgrade", "0001")
@@ -360,11 +373,13 @@ def test_existing_database_upgrades_and_downgrades(tmp_path):
     migrate(engine)
     cols = {c["name"] for c in inspect(engine).get_columns("results")}
     assert {"heads", "modalities_used"} <= cols
+    assert "accession" in {c["name"] for c in inspect(engine).get_columns("images")}
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     with session_factory(engine)() as db:
         old = db.get(Result, "r1")
         assert old is not None and old.heads is None and old.modalities_used is None
+        assert db.get(StoredImage, "i1").accession is None  # stored only when given
         old.heads = {"risk": {"value": 0.5}}
         old.modalities_used = ["mri"]
         db.commit()
@@ -373,6 +388,7 @@ def test_existing_database_upgrades_and_downgrades(tmp_path):
         assert r.heads == {"risk": {"value": 0.5}} and r.modalities_used == ["mri"]
 
     _alembic(engine, "downgrade", "0001")
+    assert "accession" not in {c["name"] for c in inspect(engine).get_columns("images")}
     assert not {"heads", "modalities_used"} & {
         c["name"] for c in inspect(engine).get_columns("results")
     }

@@ -1,16 +1,11 @@
-"""Shared helpers for the serve tests (no tests here): one trained bundle per test process,
-app and client factories, and builders for hostile files.
-
-The bundle is trained once per process (about 15 s) and reused by every serve test module; a
-pytest fixture defined in a module would be rebuilt per module, hence the module-level cache.
-"""
+"""Shared helpers for the serve tests (no tests here): app and client factories, and builders
+for hostile files. The trained bundle they serve is the session fixture ``serve_bundles``
+(tests/conftest.py)."""
 
 from __future__ import annotations
 
 import io
-import json
 import re
-import shutil
 import struct
 import zipfile
 import zlib
@@ -25,31 +20,6 @@ pytest.importorskip("sqlalchemy")
 pytest.importorskip("argon2")
 
 PASSWORD = "correct horse battery staple"
-_CACHE: dict[str, Any] = {}
-
-
-def trained_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``{"a": bundle, "b": renamed copy, "images": phantom PNG folder}``, built once."""
-    if "bundles" not in _CACHE:
-        from medlens.bundle import write_sums
-        from medlens.recipes import parse_recipe
-        from medlens.workflow import run_recipe
-        from tests.conftest import tiny_recipe_dict
-
-        root = tmp_path_factory.mktemp("serve_bundle")
-        res = run_recipe(
-            parse_recipe(tiny_recipe_dict(), "t.yaml"), root, progress=False, track=False
-        )
-        a = Path(res.bundle_dir)
-        b = root / "bundle_b"
-        shutil.copytree(a, b)
-        meta = json.loads((b / "bundle.json").read_text())
-        meta["name"] = "tiny_cxr_second"
-        (b / "bundle.json").write_text(json.dumps(meta, indent=2))
-        write_sums(b)
-        images = next(root.glob("data/phantoms_*/images"))
-        _CACHE["bundles"] = {"a": a, "b": b, "images": images}
-    return _CACHE["bundles"]
 
 
 def make_app(workspace: Path, bundles: list[Path], **overrides: Any):  # type: ignore[no-untyped-def]
@@ -192,12 +162,18 @@ def wait_for_job(client, job_id: str, timeout: float = 90.0) -> dict:  # type: i
 
 
 def app_routes() -> list[tuple[str, set[str]]]:
-    """(path, methods) of every page and API route, read from the routers themselves."""
-    from medlens.serve import api, web
+    """(path, methods) of every page and API route, read from the app's routers themselves.
+
+    The API docs router is left out: it serves a fixed page and a package's static files, and
+    holds no one's data.
+    """
+    from medlens.serve import docs
+    from medlens.serve.app import ROUTERS
 
     return [
         (r.path, set(r.methods))
-        for router in (web.router, api.router)
+        for router in ROUTERS
+        if router is not docs.router
         for r in router.routes
         if hasattr(r, "methods")
     ]

@@ -8,9 +8,9 @@ One test reads a real subject from ../shared/data/sij_mri when that folder exist
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +21,13 @@ from PIL import Image
 from medlens.data.io import read_image, read_mask
 from medlens.data.manifest import from_csv
 from medlens.data.splits import make_splits
-from medlens.data.volumes import MaskRule, SliceInfo, export_slices, main, subject_id
+from medlens.data.volumes import (
+    MaskRule,
+    SliceInfo,
+    export_slices,
+    subject_id,
+    volumes_to_slices,
+)
 from medlens.errors import DataError
 
 nib = pytest.importorskip("nibabel")
@@ -235,35 +241,26 @@ def test_bad_inputs_are_clear_errors(subject: dict[str, Path], tmp_path: Path):
     assert subject_id("/a/1007_inflammation_R11.nii.gz") == "1007"
 
 
-def test_command_line(subject: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture):
-    out = tmp_path / "cli"
-    src = subject["image"].parent
-    rc = main(
-        [
-            str(subject["image"]),
-            "--out",
-            str(out),
-            "--mask",
-            f"lesion={subject['lesion']}",
-            "--mask",
-            f"region={subject['region']}",
-            "--label-from",
-            "lesion",
-        ]
+def test_volumes_to_slices_takes_files_or_folders(subject: dict[str, Path], tmp_path: Path):
+    out = tmp_path / "api"
+    done = volumes_to_slices(
+        subject["image"],
+        out,
+        {"lesion": subject["lesion"], "region": [subject["region"]]},
+        label_from="lesion",
     )
-    assert rc == 0 and "5 slices of 1 subjects" in capsys.readouterr().out
-    assert len(rows_of(out / "manifest.csv")) == Z
-    assert (
-        main([str(src), "--out", str(tmp_path / "cli2")]) == 1
-    )  # folder input: 3 volumes named S01
-    assert "several volumes" in capsys.readouterr().err
-    done = subprocess.run(
-        [sys.executable, "-m", "medlens.data.volumes", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0 and "--label-from" in done.stdout
+    assert done.manifest == (out / "manifest.csv").resolve() and done.export_json.is_file()
+    assert done.n_slices == Z and done.subjects == ["S01"]
+    rows = rows_of(done.manifest)
+    assert len(rows) == Z
+    assert done.label_counts == dict(collections.Counter(r["label"] for r in rows))
+    assert "5 slices of 1 subjects" in done.summary()
+    assert "argparse" not in sys.modules["medlens.data.volumes"].__dict__
+    # A folder gives every volume in it: three files of subject S01 here, which is refused.
+    with pytest.raises(DataError, match="several volumes"):
+        volumes_to_slices(subject["image"].parent, tmp_path / "folder")
+    with pytest.raises(DataError, match="exists"):
+        volumes_to_slices([subject["image"]], out)
 
 
 @pytest.mark.realdata

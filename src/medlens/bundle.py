@@ -4,7 +4,8 @@ A bundle is a directory::
 
     model.safetensors   weights (safetensors: tensors only, nothing is unpickled)
     bundle.json         model spec, classes, task, preprocessing pipeline, versions,
-                        training-data fingerprint, intended use, creation time
+                        training-data fingerprint and description (synthetic phantoms or real
+                        images, how many, from where), intended use, creation time
     recipe.yaml         the recipe it was trained from
     metrics.json        held-out test metrics (added after evaluation)
     SHA256SUMS          sha256 and size of every other file
@@ -16,7 +17,6 @@ changed, missing, extra or truncated file, so serving applies exactly what was e
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import platform
 import shutil
@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from medlens.common import file_sha256
 from medlens.errors import BundleError
 
 FORMAT = "medlens-bundle"
@@ -34,12 +35,43 @@ META = "bundle.json"
 SUMS = "SHA256SUMS"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+DEMO_NOTICE = "Demonstration model, synthetic training data: not for use on patients."
+
+
+def describe_training_data(
+    source: str, n_images: int | None, origin: str | None = None
+) -> dict[str, Any]:
+    """What a model was trained on, as the bundle records it (``bundle.json`` ``training_data``).
+
+    ``source`` is the recipe's data source (``phantoms``, ``folder``, ``csv``, ``npz``);
+    ``synthetic`` is true for generated phantoms, so every page and report of such a model can
+    say it is a demonstration; ``origin`` says where the images came from (a folder, a CSV, a
+    phantom kind).
+    """
+    synthetic = source == "phantoms"
+    return {
+        "source": source,
+        "synthetic": synthetic,
+        "n_images": None if n_images is None else int(n_images),
+        "origin": origin or ("generated phantoms" if synthetic else "not recorded"),
+    }
+
+
+def _training_data_from_recipe(recipe_yaml: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The description for a bundle that did not record one: read from its recipe."""
+    import yaml
+
+    try:
+        data = (yaml.safe_load(recipe_yaml) or {}).get("data") or {}
+    except (yaml.YAMLError, AttributeError):
+        data = {}
+    source = str(data.get("source") or "unknown")
+    if source == "phantoms":
+        kind = (data.get("phantoms") or {}).get("kind", "")
+        origin = f"generated {kind} phantoms".replace("  ", " ")
+    else:
+        origin = data.get("path")
+    return describe_training_data(source, fingerprint.get("n_samples"), origin)
 
 
 def library_versions() -> dict[str, str]:
@@ -78,9 +110,29 @@ class Bundle:
         return str(self.meta.get("name", self.path.name))
 
     @property
+    def created(self) -> str:
+        """Creation time (ISO 8601, UTC) as written by :func:`save_bundle`."""
+        return str(self.meta.get("created", ""))
+
+    @property
+    def training_data(self) -> dict[str, Any]:
+        """``{source, synthetic, n_images, origin}``; read from the recipe for older bundles."""
+        recorded = self.meta.get("training_data")
+        if isinstance(recorded, dict):
+            return recorded
+        recipe = self.path / "recipe.yaml"
+        text = recipe.read_text() if recipe.is_file() else ""
+        return _training_data_from_recipe(text, self.meta.get("data_fingerprint") or {})
+
+    @property
+    def synthetic(self) -> bool:
+        """True for a demonstration model trained on generated phantoms."""
+        return bool(self.training_data.get("synthetic"))
+
+    @property
     def sha256(self) -> str:
         """Identity of the whole bundle: the hash of its SHA256SUMS file."""
-        return _sha256(self.path / SUMS)
+        return file_sha256(self.path / SUMS)
 
     def read_json(self, name: str) -> Any:
         """A verified JSON file of the bundle, or None when the bundle has none."""
@@ -119,7 +171,7 @@ class Bundle:
 def write_sums(path: Path) -> None:
     lines = []
     for f in sorted(p for p in path.iterdir() if p.is_file() and p.name != SUMS):
-        lines.append(f"{_sha256(f)}  {f.stat().st_size}  {f.name}")
+        lines.append(f"{file_sha256(f)}  {f.stat().st_size}  {f.name}")
     (path / SUMS).write_text("\n".join(lines) + "\n")
 
 
@@ -137,8 +189,14 @@ def save_bundle(
     intended_use: str,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    training_data: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a bundle atomically (to a temporary folder, then renamed into place)."""
+    """Write a bundle atomically (to a temporary folder, then renamed into place).
+
+    ``training_data`` (see :func:`describe_training_data`) says what the model learned from;
+    when it is not given it is read from ``recipe_yaml`` (data source and path) and
+    ``data_fingerprint`` (number of images), so every bundle records it.
+    """
     from safetensors.torch import save_file
 
     from medlens.preprocess import Pipeline
@@ -162,6 +220,7 @@ def save_bundle(
         "preprocess_fingerprint": Pipeline.from_config(preprocess).fingerprint(),
         "intended_use": intended_use,
         "data_fingerprint": data_fingerprint,
+        "training_data": training_data or _training_data_from_recipe(recipe_yaml, data_fingerprint),
         "versions": library_versions(),
         **(extra or {}),
     }
@@ -220,7 +279,7 @@ def verify_bundle(path: str | Path) -> dict[str, str]:
             raise BundleError(
                 f"{p}: {name} is {actual_size} bytes, expected {size}; it was truncated or changed"
             )
-        if _sha256(f) != digest:
+        if file_sha256(f) != digest:
             raise BundleError(f"{p}: {name} does not match its SHA-256; the bundle was changed")
         out[name] = digest
     return out

@@ -4,6 +4,13 @@ The preprocessing is rebuilt from the bundle, never from the caller's settings, 
 exactly the pipeline the model was evaluated with. Every result names the model that produced it
 and carries the reminder that a clinician decides.
 
+The service layer (:mod:`medlens.serve`) reaches the rest of medlens through this module only:
+besides predictions, :class:`Predictor` offers what a results page needs - the model's own view
+of an image (:meth:`Predictor.view`), a heatmap over it (:meth:`Predictor.heatmap`), the
+registry entry of the model (:attr:`Predictor.model_info`), the borderline rule
+(:meth:`Predictor.borderline`) and a warm-up - and :func:`decode_image`, :func:`detect_format`
+and :data:`UPLOAD_FORMATS` read uploaded files with the loader and format table training used.
+
 A multi-task model's other heads (stage, risk, detection) come back in ``Prediction.heads``; a
 fusion model takes ``{modality: image or None}`` (or a manifest sample) and predicts from
 whichever modalities are there.
@@ -15,18 +22,39 @@ import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medlens.bundle import Bundle, load_bundle
-from medlens.data.io import LoadedImage, is_supported, read_image
-from medlens.errors import MedlensError
+from medlens.bundle import DEMO_NOTICE, Bundle, load_bundle
+from medlens.common import to_unit_range
+from medlens.data.io import UPLOAD_FORMATS, ImageFormat, LoadedImage, is_supported, read_image
+from medlens.data.io import detect_format as _detect_format
+from medlens.errors import ImageReadError, MedlensError
 from medlens.evaluate.calibration import softmax
 from medlens.evaluate.policy import DecisionPolicy
 from medlens.preprocess import Pipeline, PreprocessResult
 
+if TYPE_CHECKING:
+    from medlens.models.registry import ModelInfo
+
 DISCLAIMER = "Decision support only, not a diagnosis: a clinician reviews the image and decides."
+
+__all__ = [
+    "DEMO_NOTICE",
+    "DISCLAIMER",
+    "UPLOAD_FORMATS",
+    "ImageFormat",
+    "ImageReadError",
+    "LoadedImage",
+    "Prediction",
+    "Predictor",
+    "as_float_image",
+    "decode_image",
+    "detect_format",
+    "load_explanations",
+    "write_predictions_csv",
+]
 
 
 @dataclass
@@ -79,16 +107,12 @@ def as_float_image(image: np.ndarray) -> np.ndarray:
         raise MedlensError(f"expected an H x W or H x W x 3 image, got shape {a.shape}")
     if a.ndim == 3 and a.shape[2] == 4:
         a = a[:, :, :3]
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if a.dtype == np.uint16:
-        return a.astype(np.float32) / 65535.0
-    if a.dtype == bool:
-        return a.astype(np.float32)
-    a = a.astype(np.float32)
-    if a.size and (np.nanmin(a) < 0 or np.nanmax(a) > 1):
-        raise MedlensError("a float image must hold values in [0, 1]")
-    return a
+    if a.dtype.kind == "f":
+        a = a.astype(np.float32)
+        if a.size and (np.nanmin(a) < 0 or np.nanmax(a) > 1):
+            raise MedlensError("a float image must hold values in [0, 1]")
+        return a
+    return to_unit_range(a)  # integers by their type's range, booleans to {0, 1}
 
 
 class Predictor:
@@ -128,6 +152,70 @@ class Predictor:
     @property
     def model_name(self) -> str:
         return f"{self.bundle.name} ({self.bundle.meta['model']['name']})"
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The registry entry of the served model: its kind (network, ensemble, fusion...),
+        inputs and whether a heatmap layer exists - asked, never guessed from the name."""
+        from medlens.models.registry import model_info
+
+        return model_info(self.model)
+
+    def warm_up(self) -> None:
+        """One prediction on a blank image, so the first real request does not pay for lazy
+        library set-up (thread pools, kernels, allocator)."""
+        self.predict(np.zeros((64, 64), dtype=np.float32))
+
+    def view(self, image: np.ndarray | str | Path | LoadedImage) -> PreprocessResult:
+        """The model's view of one image (its preprocessing replayed); a fusion model's view of
+        a single image is its main modality's."""
+        pre = self.preprocess(image)
+        if isinstance(pre, dict):
+            return next(p for p in pre.values() if p is not None)
+        return pre
+
+    def heatmap(self, pre: PreprocessResult, method: str, target_class: int | None) -> np.ndarray:
+        """A heatmap overlay (``uint8 H x W x 3``) over ``pre.display`` for ``target_class``.
+
+        The explanation package is imported here, on first use: a caller whose explanation
+        extras are missing gets an ``ImportError`` to report, and predictions never need it.
+        Raises :class:`MedlensError` for a model without a single-image heatmap layer.
+        """
+        info = self.model_info
+        if info.inputs != "image" or not info.explainable:
+            raise MedlensError(
+                f"no heatmap for this model (kind {info.kind}, inputs {info.inputs})"
+            )
+        import torch
+
+        from medlens.explain import explain, overlay
+
+        x = torch.as_tensor(
+            np.ascontiguousarray(pre.image[None]), dtype=torch.float32, device=self.device
+        )
+        cam = explain(self.model, x, method, target_class)
+        return overlay(pre.display, cam, colormap="jet", alpha=0.4)
+
+    def test_figures(self) -> list[tuple[str, str]]:
+        """The bundle's held-out test figures (``metrics.json``) as ``(name, "0.912 [0.871–0.948]")``
+        rows, named and formatted as the evaluation report does them; [] when it has none."""
+        from medlens.evaluate import figures
+        from medlens.evaluate.intervals import fmt_ci
+
+        iv = (self.bundle.metrics or {}).get("intervals") or {}
+        overall = iv.get("overall") or {}
+        return [
+            (figures.display_name(f, iv), fmt_ci(overall[f.key]))
+            for f in figures.leaderboard()
+            if isinstance(overall.get(f.key), dict)
+        ]
+
+    def borderline(self, probabilities: dict[str, float], margin: float) -> list[str]:
+        """One note per priority class whose probability lies within ``margin`` of a threshold
+        that can fire (``[]`` without a decision policy)."""
+        if self.policy is None:
+            return []
+        return [str(n) for n in self.policy.borderline(probabilities, margin)]
 
     def preprocess(self, image: np.ndarray | str | Path | LoadedImage | Any) -> Any:
         """Read (paths, or anything with a ``load()`` such as a manifest sample) and preprocess.
@@ -327,30 +415,74 @@ class Predictor:
         return results
 
 
+def load_explanations() -> None:
+    """Import the heatmap library now (it takes seconds), e.g. in a start-up thread, so the first
+    result page does not wait for it. Raises ``ImportError`` when it cannot be loaded."""
+    import medlens.explain.cam  # noqa: F401  (imports pytorch-grad-cam)
+
+
+def decode_image(path: str | Path) -> LoadedImage:
+    """Read an image file with the loader training used (pixels in [0, 1] plus facts).
+
+    Raises :class:`ImageReadError` naming the file and what is wrong with it.
+    """
+    return read_image(path)
+
+
+def detect_format(head: bytes, name: str | None = None) -> str | None:
+    """The format a file's first bytes announce (``"png"``, ``"jpeg"``, ``"dicom"``, ...), or
+    None when no reader recognises them. Content decides; ``name`` only breaks ties."""
+    return _detect_format(head, name)
+
+
 def write_predictions_csv(
     results: Sequence[Prediction | MedlensError],
     sources: Sequence[str | Path],
     classes: Sequence[str],
     path: Path,
 ) -> None:
+    """One row per input, paths in full: the policy's decision first (what the page and the API
+    show), the threshold that fired (empty: argmax), the most probable class and its calibrated
+    probability, each class's probability, and ``status``/``reason``/``prediction_set`` when
+    predictions carry them. An unreadable input keeps its row, with the reason in ``error``."""
+    preds = [r for r in results if isinstance(r, Prediction)]
+    optional = [a for a in _OPTIONAL_COLUMNS if any(getattr(r, a, None) is not None for r in preds)]
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        return " ".join(map(str, v)) if isinstance(v, list | tuple | set | frozenset) else str(v)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "confidence", *[f"p_{c}" for c in classes], "model", "error"])
+        head = ["path", "decision", "decision_rule", "decision_threshold", "most_probable"]
+        tail = ["calibrated", "model", "error"]
+        w.writerow([*head, "probability", *[f"p_{c}" for c in classes], *optional, *tail])
         for src, r in zip(sources, results, strict=True):
             if isinstance(r, Prediction):
+                thr = r.decision_threshold
                 w.writerow(
                     [
                         src,
+                        r.decision or r.label,
+                        r.decision_rule,
+                        "" if thr is None else f"{thr:.6f}",
                         r.label,
                         f"{r.confidence:.6f}",
                         *[f"{r.probabilities[c]:.6f}" for c in classes],
+                        *[cell(getattr(r, a, None)) for a in optional],
+                        str(r.calibrated).lower(),
                         r.model,
                         "",
                     ]
                 )
             else:
-                w.writerow([src, "", "", *[""] * len(classes), "", str(r)])
+                w.writerow([src, *[""] * (7 + len(classes) + len(optional)), str(r)])
+
+
+# Columns a prediction gains from later features (input gate, conformal sets) when it has them.
+_OPTIONAL_COLUMNS = ("status", "reason", "prediction_set")
 
 
 def _track(items: Iterable, label: str, enabled: bool) -> Iterable:

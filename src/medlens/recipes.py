@@ -128,6 +128,11 @@ class DataConfig(_Strict):
         description="relabel before training, e.g. glioma/meningioma/pituitary -> tumor for a "
         "binary screening model trained on a 4-class data set",
     )
+    class_aliases: dict[str, str] | None = Field(
+        None,
+        description="folder or label names -> class names where they differ by more than case, "
+        "e.g. {TB: tuberculosis}; names are matched case-insensitively",
+    )
     modalities: dict[str, str] | None = Field(
         None,
         description="several images per case (fusion): modality -> CSV column of its path; "
@@ -163,6 +168,15 @@ class SplitConfig(_Strict):
     )
 
 
+def model_kind(name: str) -> str:
+    """The registry kind of a model name (``ensemble``, ``roi``, ``fusion``...), asked rather
+    than read from the name. A name the registry does not hold (a timm network, a hybrid, a typo)
+    counts as a plain network here; building it later names an unknown model with suggestions."""
+    from medlens.models.registry import model_info
+
+    return model_info(name, strict=False).kind
+
+
 class MemberConfig(_Strict):
     """One model of a soft-voting ensemble, trained on its own with the recipe's settings."""
 
@@ -196,8 +210,10 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _ensemble(self) -> ModelConfig:
-        if (self.name == "soft_voting") != (self.members is not None):
-            raise ValueError("members are given with name: soft_voting, and only then")
+        if (model_kind(self.name) == "ensemble") != (self.members is not None):
+            raise ValueError(
+                "members are given with an ensemble model (name: soft_voting), and only then"
+            )
         if self.members is not None:
             if len(self.members) < 2:
                 raise ValueError("an ensemble needs two or more members")
@@ -328,7 +344,7 @@ class Recipe(_Strict):
             raise ValueError(
                 f"policy.targets names {unknown}, which are not in task.priority {self.task.priority}"
             )
-        if (self.model.name == "roi_classifier") != (self.segmentation is not None):
+        if (model_kind(self.model.name) == "roi") != (self.segmentation is not None):
             raise ValueError(
                 "model roi_classifier needs a segmentation section (and only it uses one)"
             )
@@ -361,9 +377,10 @@ class Recipe(_Strict):
         """
         kw = dict(self.model.kwargs)
         name = self.model.name
+        kind = model_kind(name)
         heads: dict[str, int | str] = {"class": len(self.task.classes)}
         heads.update({h: c.out_spec() for h, c in self.task.heads.items()})
-        if name == "fusion":
+        if kind == "fusion":
             if not self.data.modalities:
                 raise RecipeError(f"{self.name}: model fusion needs data.modalities")
             enc = kw.get("encoders") or {m: "resnet18" for m in self.data.modalities}
@@ -375,13 +392,13 @@ class Recipe(_Strict):
             kw["encoders"] = enc
         elif self.data.modalities:
             raise RecipeError(f"{self.name}: data.modalities needs model fusion")
-        if name in ("multitask", "fusion"):
+        if kind in ("multitask", "fusion"):
             kw["heads"] = heads
             kw["primary"] = "class"
-        elif name == "roi_classifier":
+        elif kind == "roi":
             clf = dict(kw.get("classifier") or {"name": "small_cnn"})
             if self.task.heads:
-                if clf.get("name") != "multitask":
+                if model_kind(str(clf.get("name"))) != "multitask":
                     raise RecipeError(
                         f"{self.name}: task.heads needs model.kwargs.classifier.name: multitask"
                     )
@@ -401,7 +418,7 @@ class Recipe(_Strict):
         data["model"] = model.model_dump(mode="python")
         data["train"] = {**data["train"], **train}
         data["candidates"] = []
-        if model.name != "roi_classifier":
+        if model_kind(model.name) != "roi":
             data["segmentation"] = None
         try:
             out = Recipe.model_validate(data)
@@ -505,8 +522,15 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     try:
         text = path.read_text(encoding="utf-8")
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # the file name, line and column an editor can jump to
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(
+            f"{where}: not valid YAML: {what} (line {mark.line + 1}, column {mark.column + 1})"
+            if mark is not None
+            else f"{where}: not valid YAML: {what}"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
     return parse_recipe(data, str(path), path.resolve().parent)

@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 
 from medlens.bundle import add_file, save_bundle
+from medlens.common import json_safe
 from medlens.data.manifest import Manifest, Sample, load_manifest
 from medlens.data.splits import Splits, load_or_make_splits
 from medlens.errors import DataError
-from medlens.evaluate.heldout import Scores, evaluate_test, fit_on_validation, json_safe
+from medlens.evaluate.heldout import Scores, evaluate_test, fit_on_validation
 from medlens.evaluate.metrics import classification_metrics
 from medlens.evaluate.report import render_report
 from medlens.inference import Prediction, Predictor
+from medlens.models import model_info
 from medlens.recipes import Recipe
 
 log = logging.getLogger(__name__)
@@ -162,19 +164,18 @@ def explain_section(
     from medlens.data.io import read_mask
     from medlens.errors import MedlensError
     from medlens.explain import evaluate_explanations, explain_images, explanation_section_html
-    from medlens.models.classical import is_classical
 
-    if is_classical(predictor.model):
-        _no_explanations(
-            run_dir, "Not applicable: a HOG + classical model has no layers a CAM can read."
-        )
-        return
-    if predictor.modalities is not None:
+    info = model_info(predictor.model)
+    if info.inputs != "image":
         _no_explanations(
             run_dir,
             "Not computed: class activation maps of a multi-input (fusion) model are not "
             "defined by the CAM library; explain each modality's single-input model instead.",
         )
+        return
+    if not info.explainable:
+        what = "a HOG + classical model" if info.kind == "classical" else f"a {info.kind} model"
+        _no_explanations(run_dir, f"Not applicable: {what} has no layers a CAM can read.")
         return
     cfg = recipe.explain
     with_masks = []
@@ -193,6 +194,7 @@ def explain_section(
         return
     paths = [s.path for s in with_masks]
     masks = [s.mask_path for s in with_masks]
+    log.info("explaining %d test images with lesion masks (%s)", len(paths), ", ".join(cfg.methods))
     summary = evaluate_explanations(
         predictor,
         paths,
@@ -217,16 +219,12 @@ def train_model(
     progress: bool = True,
     fresh: bool = False,
 ) -> Any:
-    """Train whatever the recipe names: a network, a classical model, an ensemble, a ROI pair."""
-    from medlens.train.composite import StagedFit, fit_ensemble, fit_roi
-    from medlens.train.trainer import fit
+    """Train whatever the recipe names by the fitter of its registry kind
+    (:data:`medlens.train.fitters.FITTERS`): a network, a classical model, an ensemble, a ROI pair.
+    """
+    from medlens.train.fitters import FitRequest, fit_model
 
-    if recipe.model.name == "soft_voting":
-        return fit_ensemble(recipe, manifest, splits, run_dir, progress, fresh)
-    if recipe.model.name == "roi_classifier":
-        return fit_roi(recipe, manifest, splits, run_dir, progress, fresh)
-    result = fit(recipe, manifest, splits, run_dir, progress=progress, fresh=fresh)
-    return StagedFit(result, recipe.model_kwargs())
+    return fit_model(FitRequest(recipe, manifest, splits, run_dir, progress, fresh))
 
 
 def _preprocessed(
@@ -249,6 +247,15 @@ def _preprocessed(
     return keep, (np.stack(arrays) if arrays else np.zeros((0,))), infos
 
 
+def _aligned_mask(path: str, predictor: Predictor, info: dict[str, Any]) -> np.ndarray:
+    """A mask file in the model's view: read at the image's size, then cropped/resized alike."""
+    from medlens.data.io import read_mask
+    from medlens.preprocess import align_mask
+
+    rows, cols = (int(v) for v in info["original_shape"][:2])
+    return align_mask(read_mask(path, shape=(rows, cols)), predictor.pipeline, info)
+
+
 def other_outputs(
     predictor: Predictor,
     recipe: Recipe,
@@ -261,9 +268,10 @@ def other_outputs(
     """Held-out figures beyond the class head: extra heads, ensemble members, segmentation."""
     import torch
 
-    from medlens.evaluate.heads import head_metrics, segmentation_metrics
+    from medlens.evaluate.heads import head_metrics
     from medlens.evaluate.intervals import metrics_with_intervals
-    from medlens.train.trainer import head_targets
+    from medlens.evaluate.segmentation import segmentation_metrics
+    from medlens.train.request import head_targets
 
     alpha = 1 - confidence
     out: dict[str, Any] = {}
@@ -283,13 +291,14 @@ def other_outputs(
                 )
         out["heads"] = head_metrics(specs, outputs, targets, n_bootstrap, seed, alpha)
     model = predictor.model
-    if hasattr(model, "member_probabilities") or hasattr(model, "segment"):
+    kind = model_info(model).kind
+    if kind in ("ensemble", "roi"):  # per-member figures; the segmenter's masks
         keep, x, infos = _preprocessed(predictor, test)
         if len(keep):
             idx = {c: i for i, c in enumerate(recipe.task.classes)}
             y = np.array([idx[s.label] for s in keep])  # type: ignore[index]
             xt = torch.from_numpy(x.astype(np.float32))
-            if hasattr(model, "member_probabilities"):
+            if kind == "ensemble":
                 with torch.inference_mode():
                     mp = model.member_probabilities(xt).float().numpy()
                 out["members"] = {
@@ -308,16 +317,15 @@ def other_outputs(
                     }
                     for j, (label, w) in enumerate(zip(model.labels, model.weights, strict=True))
                 }
-            if hasattr(model, "segment") and recipe.segmentation is not None:
-                from medlens.preprocess import align_mask
-
+            if kind == "roi" and recipe.segmentation is not None:
                 col = recipe.segmentation.mask_column
                 rows = [i for i, s in enumerate(keep) if s.get(col)]
                 if rows:
+                    log.info("scoring the predicted regions of %d test images", len(rows))
                     with torch.inference_mode():
                         pm = model.segment(xt[rows]).float().numpy()[:, 0] >= 0.5
                     truth = np.stack(
-                        [align_mask(keep[i].get(col), predictor.pipeline, infos[i]) for i in rows]
+                        [_aligned_mask(keep[i].get(col), predictor, infos[i]) for i in rows]
                     )
                     out["segmentation"] = {
                         "mask_column": col,
@@ -377,8 +385,10 @@ def run_recipe(
     # Validation chooses the temperature and the thresholds; the test split only measures.
     ev = recipe.evaluate
     classes = list(recipe.task.classes)
+    val = splits.samples(manifest, "val")
+    log.info("calibrating and choosing thresholds on %d validation images", len(val))
     val_scores, _, val_errors = collect_scores(
-        Predictor.from_bundle(bundle_dir), splits.samples(manifest, "val"), classes, ev.batch_size
+        Predictor.from_bundle(bundle_dir), val, classes, ev.batch_size, progress
     )
     fitted = fit_on_validation(
         val_scores,
@@ -395,6 +405,7 @@ def run_recipe(
         )
     predictor = Predictor.from_bundle(bundle_dir)
     test = splits.samples(manifest, "test")
+    log.info("testing on %d held-out images (%d bootstrap replicates)", len(test), ev.n_bootstrap)
     test_scores, preds, errors = collect_scores(predictor, test, classes, ev.batch_size, progress)
     metrics = evaluate_test(
         test_scores,
@@ -422,6 +433,7 @@ def run_recipe(
     _write_test_predictions(run_dir / "test_predictions.csv", preds, classes, test)
     if recipe.explain.enabled:
         explain_section(predictor, test, recipe, run_dir)
+    log.info("writing the report")
     report = render_report(run_dir)
     run_id = None
     if track:
@@ -471,82 +483,3 @@ def _write_test_predictions(
                     *[f"{p.probabilities[c]:.6f}" for c in classes],
                 ]
             )
-
-
-def compare_recipe(
-    recipe: Recipe,
-    out_dir: str | Path,
-    data: str | Path | None = None,
-    progress: bool = True,
-    track: bool = True,
-    only: list[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Train the recipe's model and each of its ``candidates`` on one split; a leaderboard.
-
-    The first run draws (or reuses) the split; every other candidate starts from a copy of that
-    ``splits.csv``, so all are tested on the same held-out images. Rows are ranked by test
-    macro-F1 but carry intervals: overlapping intervals mean the data cannot tell them apart.
-    Writes ``compare.json`` and ``compare.csv`` under ``out_dir/<recipe>-compare``.
-    """
-    import csv
-    import shutil
-
-    from medlens.recipes import CandidateConfig
-
-    root = Path(out_dir).expanduser().resolve() / f"{recipe.name}-compare"
-    root.mkdir(parents=True, exist_ok=True)
-    own = CandidateConfig(label=recipe.model.name.replace("+", "-"), model=recipe.model)
-    candidates = [own, *recipe.candidates]
-    if only:
-        unknown = sorted(set(only) - {c.label for c in candidates})
-        if unknown:
-            raise DataError(
-                f"--only names {unknown}; candidates are {[c.label for c in candidates]}"
-            )
-        candidates = [c for c in candidates if c.label in only]
-    rows: list[dict[str, Any]] = []
-    first_splits: Path | None = None
-    for cand in candidates:
-        r = recipe.with_model(cand.model, cand.train, f"{recipe.name}-{cand.label}")
-        run_dir = root / r.name
-        if first_splits is not None and not (run_dir / "splits.csv").exists():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy(first_splits, run_dir / "splits.csv")
-        log.info("compare: %s (%s)", cand.label, cand.model.name)
-        res = run_recipe(r, root, data=data, progress=progress, track=track)
-        first_splits = first_splits or res.run_dir / "splits.csv"
-        m = res.metrics
-        ov = m["intervals"]["overall"]
-        meta = json.loads((res.bundle_dir / "bundle.json").read_text())
-        rows.append(
-            {
-                "label": cand.label,
-                "model": cand.model.name,
-                "macro_f1": ov["macro_f1"],
-                "balanced_accuracy": ov["balanced_accuracy"],
-                "macro_roc_auc": ov["macro_roc_auc"],
-                "ece_calibrated": (m.get("calibration") or {}).get("test_after", {}).get("ece"),
-                "val_macro_f1": meta["training"].get("best_checkpoint_score"),
-                "n_test": m["n"],
-                "seconds": round(res.seconds, 1),
-                "run_dir": str(res.run_dir),
-            }
-        )
-    rows.sort(key=lambda row: -float(row["macro_f1"]["value"]))
-    (root / "compare.json").write_text(json.dumps(json_safe(rows), indent=2))
-    with (root / "compare.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["label", "model", "test_macro_f1", "ci_low", "ci_high", "seconds"])
-        for row in rows:
-            f1 = row["macro_f1"]
-            w.writerow(
-                [
-                    row["label"],
-                    row["model"],
-                    f1["value"],
-                    f1["ci_low"],
-                    f1["ci_high"],
-                    row["seconds"],
-                ]
-            )
-    return rows

@@ -8,7 +8,6 @@ fingerprint. Building one reads directory listings and CSV text only; images are
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from medlens.common import bytes_sha256, file_sha256
 from medlens.data.io import LoadedImage, is_supported, read_image, read_npz_image
 from medlens.errors import DataError
 
@@ -103,7 +103,7 @@ class Manifest:
             )
             for s in self.samples
         )
-        manifest_sha = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+        manifest_sha = bytes_sha256(json.dumps(rows).encode())
         out: dict[str, Any] = {
             "n_samples": len(self.samples),
             "class_counts": self.counts(),
@@ -111,10 +111,8 @@ class Manifest:
         }
         if hash_files:
             files = sorted({s.path for s in self.samples})
-            h = hashlib.sha256()
-            for f in files:
-                h.update(_file_sha256(Path(f)).encode())
-            out["files_sha256"] = h.hexdigest()
+            # The hash of the files' hashes in path order (one string, so one hash call).
+            out["files_sha256"] = bytes_sha256("".join(file_sha256(f) for f in files).encode())
             out["n_files"] = len(files)
         return out
 
@@ -136,14 +134,6 @@ class Manifest:
                 )
 
 
-def _file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _match_classes(
     found: Sequence[str], classes: Sequence[str] | None, where: str
 ) -> dict[str, str]:
@@ -156,7 +146,8 @@ def _match_classes(
     if missing:
         raise DataError(
             f"{where}: no images for class(es) {missing}; found {sorted(found)}. Name one folder "
-            "(or label) per class as in the recipe's task.classes."
+            "(or label) per class as in the recipe's task.classes (case does not matter), or map "
+            "other names with data.class_aliases, e.g. {TB: tuberculosis}."
         )
     return mapping
 
@@ -339,10 +330,12 @@ def load_manifest(
     ``extra_columns`` (multi-task targets, other modalities, region masks) need
     a CSV manifest: a folder tree or an ``.npz`` has nowhere to keep them.
     """
-    merge = getattr(data_cfg, "merge_classes", None)
+    # Aliases (TB -> tuberculosis) and merges (glioma -> tumor) are one relabelling step.
+    aliases = getattr(data_cfg, "class_aliases", None) or {}
+    merge = {**aliases, **(getattr(data_cfg, "merge_classes", None) or {})}
     if merge:
         raw = load_manifest(
-            data_cfg.model_copy(update={"merge_classes": None}),
+            data_cfg.model_copy(update={"merge_classes": None, "class_aliases": None}),
             path,
             None,
             extra_columns,

@@ -2,13 +2,16 @@
 
 Grouping keeps every image of one patient in one split (a model must never be tested on a patient
 it trained on), and, when copy groups are given (``copies``, from
-:func:`medlens.data.audit.duplicate_groups`), every exact or near copy of an image in its
-original's split: the same image saved under two names, or an augmented copy written into the
+:func:`medlens.data.audit.copies.duplicate_groups`), every exact or near-identical copy of an
+image in its original's split (look-alikes only when asked, ``group_lookalikes``): the same image saved under two names, or an augmented copy written into the
 data folder, would otherwise be trained on and then "tested". Groups are the union of both
 relations (union-find): two copies of one image from two patients tie both patients together.
 The split is written to ``splits.csv`` beside the run; a later run over the same data reads it
 back instead of drawing a new one, so a resumed or repeated run is evaluated on the same held-out
 images. scikit-learn's ``StratifiedGroupKFold`` does the grouping and stratification.
+
+Of the audit, this module imports only the copy finder (:mod:`medlens.data.audit.copies`), and
+lazily, so a split and an audit always mean the same thing by "copy" and import no circle.
 """
 
 from __future__ import annotations
@@ -102,21 +105,23 @@ def make_splits(
     group_by_patient: bool = True,
     copies: dict[str, int] | None = None,
     find_copies: bool = False,
+    group_lookalikes: bool = False,
 ) -> Splits:
     """Draw a stratified split that never separates a patient's images or copies of an image.
 
     ``copies`` maps ``manifest.key(sample)`` to a copy-group id (from
-    :func:`medlens.data.audit.duplicate_groups` or ``AuditReport.copies()``);
-    ``find_copies=True`` computes it here (reads and hashes every image once).
+    :func:`medlens.data.audit.copies.duplicate_groups` or ``AuditReport.copies()``);
+    ``find_copies=True`` computes it here (reads and hashes every image once), with look-alike
+    pairs tied together too when ``group_lookalikes`` is set.
     """
     if len(manifest) < 6:
         raise DataError(
             f"only {len(manifest)} labelled images: too few to split into train/val/test"
         )
     if copies is None and find_copies:
-        from medlens.data.audit import duplicate_groups
+        from medlens.data.audit.copies import duplicate_groups
 
-        copies = duplicate_groups(manifest)
+        copies = duplicate_groups(manifest, group_lookalikes=group_lookalikes)
     y = np.array(manifest.labels())
     uids = [manifest.key(s) for s in manifest.samples]
     if not copies:  # the original grouping, so existing seeds draw the same split as before
@@ -145,6 +150,29 @@ def make_splits(
     for i in rest[val_mask_rest]:
         assignment[uids[i]] = "val"
     return Splits(assignment)
+
+
+def split_copies(
+    manifest: Manifest, cfg: object, *, progress: bool = False
+) -> dict[str, int] | None:
+    """The copy groups a split of ``manifest`` must keep together, as a recipe's split section
+    asks: ``group_copies`` (default on), ``copy_threshold`` (the audit's candidate threshold when
+    absent) and ``group_lookalikes`` (default off). None when copies are not grouped.
+
+    The one place that turns split settings into copy groups, so ``medlens split`` and training
+    agree; the tiers are the audit's (:mod:`medlens.data.audit.copies`).
+    """
+    if not getattr(cfg, "group_copies", True):
+        return None
+    from medlens.data.audit.copies import DEFAULT_NEAR_THRESHOLD, duplicate_groups
+
+    threshold = getattr(cfg, "copy_threshold", None)
+    return duplicate_groups(
+        manifest,
+        DEFAULT_NEAR_THRESHOLD if threshold is None else int(threshold),
+        progress=progress,
+        group_lookalikes=bool(getattr(cfg, "group_lookalikes", False)),
+    )
 
 
 def write_splits(splits: Splits, manifest: Manifest, path: Path) -> None:
@@ -205,6 +233,7 @@ def load_or_make_splits(
         group_by_patient=getattr(cfg, "group_by_patient", True),
         copies=copies,
         find_copies=bool(getattr(cfg, "group_copies", False)),
+        group_lookalikes=bool(getattr(cfg, "group_lookalikes", False)),
     )
     for name in SPLITS:
         if splits.counts()[name] == 0:

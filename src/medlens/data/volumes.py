@@ -39,20 +39,20 @@ Only NIfTI is read: medlens' volume reader is NIfTI-only, and frame-by-frame DIC
 applies each frame's own window, which would break the one-scale-per-volume rule. Convert a
 DICOM series to NIfTI first (``dcm2niix``, for instance).
 
-Run it as ``python -m medlens.data.volumes --help``.
+Call :func:`volumes_to_slices` (files or folders in, a :class:`SliceExport` summary out; the
+``medlens slices`` command is a thin wrapper around it) or :func:`export_slices` (explicit file
+lists, returns the manifest path).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -60,17 +60,19 @@ import numpy as np
 from PIL import Image
 
 from medlens.data.io import is_supported, read_volume
-from medlens.errors import DataError, ImageReadError, MedlensError
+from medlens.data.io.nifti import robust_range, window_unit
+from medlens.errors import DataError, ImageReadError
 
 __all__ = [
     "DEFAULT_ID_PATTERN",
     "Combine",
     "LabelRule",
     "MaskRule",
+    "SliceExport",
     "SliceInfo",
     "export_slices",
-    "main",
     "subject_id",
+    "volumes_to_slices",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,6 @@ _SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RESERVED_COLUMNS = frozenset({"path", "label", "patient_id", "slice_index"})
 # Affines of an image and its mask may differ by float noise from re-saving, not by real shifts.
 _AFFINE_ATOL = 1e-2
-_PERCENTILE_SAMPLE = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -183,20 +184,6 @@ def _load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(str(exc)) from None
 
 
-def _robust_range(data: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
-    """Percentiles of the finite voxels (an even subsample for huge volumes); min/max fallback."""
-    flat = data.ravel(order="K")
-    if flat.size > _PERCENTILE_SAMPLE:
-        flat = flat[:: flat.size // _PERCENTILE_SAMPLE + 1]
-    flat = flat[np.isfinite(flat)]
-    if flat.size == 0:
-        return 0.0, 0.0
-    lo, hi = (float(v) for v in np.percentile(flat, list(percentiles)))
-    if hi <= lo:
-        lo, hi = float(flat.min()), float(flat.max())
-    return lo, hi
-
-
 def _group_by_subject(paths: Sequence[Path], pattern: str) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for p in paths:
@@ -251,13 +238,10 @@ def _mask_volume(
 
 
 def _to_png_array(sl: np.ndarray, lo: float, hi: float, bit_depth: int) -> np.ndarray:
-    if hi > lo:
-        x = np.clip((sl.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
-        x[~np.isfinite(x)] = 0.0
-    else:
-        x = np.zeros(sl.shape)
+    """One slice on its volume's window, as 8- or 16-bit PNG samples."""
     top = 255 if bit_depth == 8 else 65535
-    return np.rint(x * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
+    x = window_unit(sl, lo, hi)
+    return np.rint(x.astype(np.float64) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
@@ -402,7 +386,7 @@ def export_slices(
     for sid in sorted(by_subject):
         vpath = by_subject[sid][0]
         data, affine = _load_volume(vpath)
-        lo, hi = _robust_range(data, percentiles)
+        lo, hi = robust_range(data, percentiles)
         if hi <= lo:
             log.warning("subject %s: constant volume; its slices are written black", sid)
         mvols = {
@@ -472,12 +456,32 @@ def export_slices(
 
 
 # --------------------------------------------------------------------------------------------
-# Command line
+# Files or folders in, a summary out
 # --------------------------------------------------------------------------------------------
 
 
-def _expand(items: Sequence[str]) -> list[Path]:
+@dataclass(frozen=True)
+class SliceExport:
+    """What :func:`volumes_to_slices` wrote: the manifest, the export record and their counts."""
+
+    manifest: Path
+    export_json: Path
+    n_slices: int
+    subjects: list[str]
+    label_counts: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line for a person: where the manifest is and what is in it."""
+        return (
+            f"wrote {self.manifest} ({self.n_slices} slices of {len(self.subjects)} subjects; "
+            f"labels {self.label_counts})"
+        )
+
+
+def _expand(items: str | Path | Sequence[str | Path]) -> list[Path]:
     """Files as given; a folder gives its image-named files (content is still checked)."""
+    if isinstance(items, str | Path):
+        items = [items]
     out: list[Path] = []
     for item in items:
         p = Path(item).expanduser()
@@ -492,95 +496,54 @@ def _expand(items: Sequence[str]) -> list[Path]:
     return out
 
 
-def _pairs(values: Sequence[str], what: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for v in values:
-        name, sep, rest = v.partition("=")
-        if not sep or not name or not rest:
-            raise DataError(f"{what} {v!r}: write NAME=VALUE")
-        out.append((name, rest))
-    return out
+def volumes_to_slices(
+    volumes: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    masks: Mapping[str, str | Path | Sequence[str | Path]] | None = None,
+    *,
+    label_from: str | LabelRule | None = None,
+    positive_label: str = "inflamed",
+    negative_label: str = "none",
+    min_pixels: int = 1,
+    unlabelled: str = "unlabelled",
+    combine: Mapping[str, Combine] | None = None,
+    allow_missing_masks: bool = False,
+    id_pattern: str = DEFAULT_ID_PATTERN,
+    percentiles: tuple[float, float] = (1.0, 99.5),
+    bit_depth: Literal[8, 16] = 8,
+    overwrite: bool = False,
+) -> SliceExport:
+    """Cut NIfTI volumes into a per-slice PNG manifest; files or folders in, a summary out.
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m medlens.data.volumes",
-        description=(
-            "Export NIfTI volumes as per-slice PNGs (one intensity scale per volume) with aligned "
-            "mask PNGs and a medlens manifest.csv (patient_id = subject id from the file name)."
-        ),
-        epilog=(
-            "example: python -m medlens.data.volumes sij/images --out slices "
-            "--mask inflammation=sij/inflammation/R11 --mask inflammation=sij/inflammation/R21 "
-            "--combine inflammation=majority --mask region=sij/disease_region "
-            "--label-from inflammation"
-        ),
+    ``volumes`` and each entry of ``masks`` (mask set name -> files or folders, several allowed
+    per set) may name folders: a folder gives its image-named files (``.nii``, ``.nii.gz``...;
+    the content is still checked). Every other argument is :func:`export_slices`'s. Bad input
+    raises :class:`~medlens.errors.DataError` (or ``ValueError`` for a bad ``min_pixels`` /
+    label) with one message naming the file or setting.
+    """
+    mask_files = {name: _expand(paths) for name, paths in (masks or {}).items()}
+    manifest = export_slices(
+        _expand(volumes),
+        out_dir,
+        mask_files,
+        label_from=label_from,
+        positive_label=positive_label,
+        negative_label=negative_label,
+        min_pixels=min_pixels,
+        unlabelled=unlabelled,
+        combine=combine,
+        allow_missing_masks=allow_missing_masks,
+        id_pattern=id_pattern,
+        percentiles=percentiles,
+        bit_depth=bit_depth,
+        overwrite=overwrite,
     )
-    p.add_argument("volumes", nargs="+", help="NIfTI volumes, or folders of them")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument(
-        "--mask",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="a mask volume or folder of them in set NAME (repeat; several per subject need "
-        "--combine)",
+    export_json = manifest.parent / "export.json"
+    info = json.loads(export_json.read_text(encoding="utf-8"))
+    return SliceExport(
+        manifest=manifest,
+        export_json=export_json,
+        n_slices=int(info["n_slices"]),
+        subjects=sorted(info["subjects"]),
+        label_counts={str(k): int(v) for k, v in info["label_counts"].items()},
     )
-    p.add_argument(
-        "--combine",
-        action="append",
-        default=[],
-        metavar="NAME=RULE",
-        help=f"how several masks of one subject in set NAME merge: {', '.join(COMBINE_RULES)}",
-    )
-    p.add_argument("--label-from", metavar="NAME", help="label slices from this mask set")
-    p.add_argument("--positive", default="inflamed", help="label of a slice with mask pixels")
-    p.add_argument("--negative", default="none", help="label of a slice without")
-    p.add_argument("--min-pixels", type=int, default=1, help="mask pixels that make a positive")
-    p.add_argument("--unlabelled", default="unlabelled", help="label without --label-from")
-    p.add_argument("--allow-missing-masks", action="store_true")
-    p.add_argument("--id-pattern", default=DEFAULT_ID_PATTERN, help="regex; group 1 = subject id")
-    p.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.5), metavar=("LO", "HI"))
-    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing manifest.csv")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (1 with a one-line message on bad input)."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        masks: dict[str, list[Path]] = {}
-        for name, path in _pairs(args.mask, "--mask"):
-            masks.setdefault(name, []).extend(_expand([path]))
-        combine = dict(_pairs(args.combine, "--combine"))
-        manifest = export_slices(
-            _expand(args.volumes),
-            args.out,
-            masks,
-            label_from=args.label_from,
-            positive_label=args.positive,
-            negative_label=args.negative,
-            min_pixels=args.min_pixels,
-            unlabelled=args.unlabelled,
-            combine=combine,  # type: ignore[arg-type]  # checked inside
-            allow_missing_masks=args.allow_missing_masks,
-            id_pattern=args.id_pattern,
-            percentiles=tuple(args.percentiles),
-            bit_depth=args.bit_depth,
-            overwrite=args.overwrite,
-        )
-    except (MedlensError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    info = json.loads((manifest.parent / "export.json").read_text(encoding="utf-8"))
-    print(
-        f"wrote {manifest} ({info['n_slices']} slices of {len(info['subjects'])} subjects; "
-        f"labels {info['label_counts']})"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,41 +2,30 @@
 
 A multi-task model's stage head is scored like the class head (every figure with a stratified
 bootstrap interval, quadratic kappa for ordered stages); a regression head (a risk score) by its
-mean absolute error and Pearson correlation; a segmenter by per-image Dice and IoU. Intervals are
-percentile bootstraps over images, seeded, like every other figure medlens prints.
+mean absolute error and Pearson correlation; a segmenter by per-image Dice and IoU
+(:mod:`.segmentation`). Intervals are percentile bootstraps over images, seeded, like every
+other figure medlens prints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from medlens.evaluate.intervals import metrics_with_intervals
+from medlens.evaluate.intervals import bootstrap_statistic, metrics_with_intervals
+from medlens.evaluate.segmentation import dice_iou as mask_scores
+from medlens.evaluate.segmentation import segmentation_metrics
 
-
-def bootstrap_statistic(
-    values: Sequence[np.ndarray],
-    statistic: Callable[..., float],
-    n_bootstrap: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> dict[str, float]:
-    """``statistic(*values)`` with a percentile interval from resampling rows together."""
-    arrays = [np.asarray(v, dtype=np.float64) for v in values]
-    n = len(arrays[0])
-    point = float(statistic(*arrays)) if n else float("nan")
-    lo = hi = float("nan")
-    if n >= 2 and n_bootstrap > 0:
-        rng = np.random.default_rng(seed)
-        reps = np.array(
-            [statistic(*(a[idx] for a in arrays)) for idx in rng.integers(0, n, (n_bootstrap, n))]
-        )
-        reps = reps[np.isfinite(reps)]
-        if len(reps) >= max(10, n_bootstrap // 2):
-            lo, hi = (float(q) for q in np.quantile(reps, [alpha / 2, 1 - alpha / 2]))
-    return {"value": point, "ci_low": lo, "ci_high": hi}
+# Segmentation figures live in :mod:`medlens.evaluate.segmentation`; the names stay importable
+# from here for callers written before the move.
+__all__ = [
+    "bootstrap_statistic",
+    "head_metrics",
+    "mask_scores",
+    "regression_metrics",
+    "segmentation_metrics",
+]
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -98,28 +87,3 @@ def head_metrics(
         )
         out[name] = {"type": "classification", **m}
     return out
-
-
-def mask_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image Dice and IoU of boolean masks (N x H x W); two empty masks score 1."""
-    p = np.asarray(pred, dtype=bool).reshape(len(pred), -1)
-    t = np.asarray(truth, dtype=bool).reshape(len(truth), -1)
-    inter = (p & t).sum(1).astype(np.float64)
-    ps, ts = p.sum(1).astype(np.float64), t.sum(1).astype(np.float64)
-    union = ps + ts - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dice = np.where(ps + ts > 0, 2 * inter / (ps + ts), 1.0)
-        iou = np.where(union > 0, inter / union, 1.0)
-    return dice, iou
-
-
-def segmentation_metrics(
-    pred: np.ndarray, truth: np.ndarray, n_bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05
-) -> dict[str, Any]:
-    """Mean Dice and IoU over images, with bootstrap intervals."""
-    dice, iou = mask_scores(pred, truth)
-    return {
-        "n": len(dice),
-        "dice": bootstrap_statistic([dice], lambda a: float(a.mean()), n_bootstrap, seed, alpha),
-        "iou": bootstrap_statistic([iou], lambda a: float(a.mean()), n_bootstrap, seed, alpha),
-    }

@@ -3,12 +3,13 @@
 Validation chooses (temperature, thresholds); test only measures. The functions here take the
 two sets of logits separately so that nothing fitted can see a test label: ``fit_on_validation``
 never receives test data at all.
+
+``json_safe`` is re-exported from :mod:`medlens.common` (its one home) for older imports.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from medlens.common import json_safe
 from medlens.evaluate.calibration import (
     TemperatureScaling,
     calibration_errors,
     reliability_curve,
     softmax,
 )
+from medlens.evaluate.caveats import model_warnings
 from medlens.evaluate.intervals import metrics_with_intervals
 from medlens.evaluate.metrics import classification_metrics
 from medlens.evaluate.policy import DecisionPolicy, compare_argmax_policy, fit_policy
+
+__all__ = ["Fitted", "Scores", "evaluate_test", "fit_on_validation", "json_safe", "threshold_sweep"]
 
 
 @dataclass
@@ -117,7 +122,8 @@ def evaluate_test(
     target_specificity: float = 0.9,
     n_bins: int = 15,
 ) -> dict[str, Any]:
-    """All held-out figures: core metrics (calibrated), intervals, calibration, argmax vs policy."""
+    """All held-out figures: core metrics (calibrated), intervals, calibration, argmax vs policy,
+    and ``warnings`` (:func:`~medlens.evaluate.caveats.model_warnings`) a reader must see first."""
     p_raw = softmax(test.logits)
     p_cal = softmax(test.logits, fitted.temperature)
     out = classification_metrics(test.y, p_cal, classes)
@@ -144,15 +150,6 @@ def evaluate_test(
             **fitted.policy.to_dict(),
             "test": compare_argmax_policy(test.y, p_cal, fitted.policy),
         }
-    return json_safe(out)
-
-
-def json_safe(obj: Any) -> Any:
-    """JSON has no NaN: undefined figures are written as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
+    out = json_safe(out)
+    out["warnings"] = model_warnings(out)
+    return out

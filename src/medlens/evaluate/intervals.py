@@ -1,178 +1,139 @@
-"""Metrics with 95 % bootstrap intervals, computed on held-out predictions.
+"""Figures with 95 % intervals, computed on held-out predictions.
 
-Point estimates come from scikit-learn. The bootstrap resamples cases *within each true class*
-(stratified, so every replicate keeps the class mix) with a seeded generator. Replicates use
-vectorised NumPy forms of the same figures (bincount confusion matrix, rank-sum ROC-AUC,
-step-wise average precision): scikit-learn's per-call input validation would make 1,000
-replicates take minutes; the tests check these forms equal scikit-learn's. A figure that is
-undefined on the data (a class absent, a zero denominator) is NaN with a warning — never a crash
-and never a made-up value.
+Every figure of :data:`medlens.evaluate.figures.FIGURES` is computed by its one function on the
+test set and on bootstrap replicates that resample cases *within each true class* (stratified,
+so every replicate keeps the class mix) with a seeded generator; the interval is the percentile
+interval of the replicates.
+
+An interval never collapses silently (:func:`pack`). When every case is right (or every case is
+wrong) a proportion's replicates are all equal, so instead of ``1.000 [1.000–1.000]`` it gets an
+exact one-sided Clopper–Pearson bound and says how many cases it rests on. Any other figure whose
+replicates are all equal is marked "interval not estimable". A figure undefined on the data (a
+class absent, a zero denominator) is NaN with a warning — never a crash, never a made-up value.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from medlens.evaluate import figures as F
 
-def _div(a: float, b: float) -> float:
-    return float(a) / float(b) if b else float("nan")
-
-
-def _from_confusion(cm: np.ndarray, quadratic: bool) -> dict[str, Any]:
-    """Count-based figures from a confusion matrix (rows true, columns predicted)."""
-    cm = cm.astype(np.float64)
-    k = cm.shape[0]
-    n = cm.sum()
-    tp = np.diag(cm)
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    tn = n - tp - fp - fn
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sens = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
-        spec = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
-        ppv = np.where(tp + fp > 0, tp / (tp + fp), np.nan)
-        npv = np.where(tn + fn > 0, tn / (tn + fn), np.nan)
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-    present = (tp + fn) > 0
-    # MCC and Cohen's kappa in their multi-class closed forms (as scikit-learn computes them).
-    t_sum, p_sum = cm.sum(1), cm.sum(0)
-    cov_ytyp = np.trace(cm) * n - t_sum @ p_sum
-    cov_ypyp = n**2 - p_sum @ p_sum
-    cov_ytyt = n**2 - t_sum @ t_sum
-    mcc = _div(cov_ytyp, math.sqrt(cov_ytyt * cov_ypyp)) if cov_ytyt * cov_ypyp > 0 else 0.0
-    idx = np.arange(k)
-    w = (
-        ((idx[:, None] - idx[None, :]) ** 2)
-        if quadratic
-        else (idx[:, None] != idx[None, :]).astype(float)
-    )
-    expected = np.outer(t_sum, p_sum) / n if n else np.zeros_like(cm)
-    denom = (w * expected).sum()
-    kappa = 1.0 - _div((w * cm).sum(), denom) if denom else float("nan")
-    return {
-        "accuracy": _div(tp.sum(), n),
-        "balanced_accuracy": float(np.nanmean(sens[present])) if present.any() else float("nan"),
-        "macro_f1": float(f1.mean()),
-        "mcc": float(mcc),
-        "kappa": float(kappa),
-        "sensitivity": sens,
-        "specificity": spec,
-        "ppv": ppv,
-        "npv": npv,
-        "f1": f1,
-    }
+PER_CLASS = tuple(f.key for f in F.per_class())
+OVERALL = tuple(f.key for f in F.overall())
+EXACT = "exact one-sided"
+NOT_ESTIMABLE = "not estimable"
 
 
 def sensitivity_at_specificity(y_bin: np.ndarray, score: np.ndarray, specificity: float) -> float:
     """Highest sensitivity whose ROC point has specificity ≥ the target (NaN if undefined)."""
-    from sklearn.metrics import roc_curve
-
-    if y_bin.min() == y_bin.max():
-        return float("nan")
-    fpr, tpr, _ = roc_curve(y_bin, score)
-    ok = (1.0 - fpr) >= specificity - 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
+    y = np.asarray(y_bin).astype(bool)
+    return F.fast_ranking(y, np.asarray(score, dtype=np.float64), specificity)[2]
 
 
-def _fast_ranking(
-    y_bin: np.ndarray, score: np.ndarray, target_spec: float
+def percentile_interval(
+    samples: np.ndarray, alpha: float, min_finite: int | None = None
 ) -> tuple[float, float, float]:
-    """ROC-AUC, average precision and sensitivity at specificity, as scikit-learn defines them."""
-    from scipy.stats import rankdata
+    """``(low, high, share)`` of the finite replicates, ``share`` being the fraction of them
+    equal to ``low`` when the interval has zero width (else 0); NaN when too few are finite.
 
-    n_pos = int(y_bin.sum())
-    n_neg = len(y_bin) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan"), float("nan"), float("nan")
-    ranks = rankdata(score)  # average ranks: ties count one half, as in roc_auc_score
-    auc = (ranks[y_bin].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    order = np.argsort(-score, kind="mergesort")
-    s_sorted = score[order]
-    tp = np.cumsum(y_bin[order])
-    fp = np.cumsum(~y_bin[order])
-    last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]  # end of each distinct score
-    tp, fp = tp[last], fp[last]
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
-    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    spec = 1.0 - fp / n_neg
-    ok = spec >= target_spec - 1e-12
-    sas = float(recall[ok].max()) if ok.any() else 0.0
-    return float(auc), ap, sas
+    Mostly undefined replicates (fewer finite than ``min_finite``, default half and at least
+    10) give no honest interval.
+    """
+    v = np.asarray(samples, dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    need = max(10, 0.5 * len(v)) if min_finite is None else min_finite
+    if len(finite) == 0 or len(finite) < need:
+        return float("nan"), float("nan"), 0.0
+    lo, hi = np.quantile(finite, [alpha / 2, 1 - alpha / 2])
+    share = float(np.mean(finite == lo)) if lo == hi else 0.0
+    return float(lo), float(hi), share
 
 
-def _ranking(
-    y: np.ndarray, probs: np.ndarray, k: int, target_spec: float, exact: bool
-) -> dict[str, np.ndarray]:
-    from sklearn.metrics import average_precision_score, roc_auc_score
+def exact_bound(successes: int, trials: int, alpha: float) -> tuple[float, float]:
+    """One-sided Clopper–Pearson bound at level ``1 - alpha`` for all-or-nothing counts:
+    ``(lower, 1)`` when every trial succeeded, ``(0, upper)`` when none did."""
+    from scipy.stats import binomtest
 
-    auc = np.full(k, np.nan)
-    ap = np.full(k, np.nan)
-    sas = np.full(k, np.nan)
-    for i in range(k):
-        yb = y == i
-        if not 0 < yb.sum() < len(yb):
-            continue
-        if exact:
-            auc[i] = roc_auc_score(yb, probs[:, i])
-            ap[i] = average_precision_score(yb, probs[:, i])
-            sas[i] = sensitivity_at_specificity(yb.astype(int), probs[:, i], target_spec)
-        else:
-            auc[i], ap[i], sas[i] = _fast_ranking(yb, probs[:, i], target_spec)
-    return {"roc_auc": auc, "pr_auc": ap, "sens_at_spec": sas}
+    side = "greater" if successes == trials else "less"
+    ci = binomtest(int(successes), int(trials), alternative=side).proportion_ci(
+        confidence_level=1 - alpha, method="exact"
+    )
+    return float(ci.low), float(ci.high)
 
 
-def _all_figures(
-    y: np.ndarray,
-    probs: np.ndarray,
-    k: int,
-    quadratic: bool,
-    target_spec: float,
-    exact: bool = True,
+def pack(
+    value: float,
+    samples: np.ndarray | None,
+    alpha: float,
+    counts: tuple[float, float] | None = None,
+    min_finite: int | None = None,
 ) -> dict[str, Any]:
-    if exact:
-        from sklearn.metrics import confusion_matrix
+    """``{"value", "ci_low", "ci_high"}`` and, when the bootstrap cannot give an interval, why.
 
-        cm = confusion_matrix(y, probs.argmax(1), labels=list(range(k)))
+    ``counts`` (successes, trials) marks a proportion: all or none right gives an exact
+    one-sided bound (``interval: "exact one-sided"``, ``method``, ``successes``, ``trials``,
+    ``level``). Any other figure whose percentile interval has zero width (all, or nearly all,
+    replicates equal) gets no interval (``interval: "not estimable"`` and a ``note``): a
+    ``1.000 [1.000–1.000]`` would claim a certainty the test set does not give.
+    """
+    value = float(value)
+    out: dict[str, Any] = {"value": value, "ci_low": float("nan"), "ci_high": float("nan")}
+    if not math.isfinite(value):
+        return out
+    if counts is not None:
+        x, n = (round(float(c)) for c in counts)
+        if n > 0 and x in (0, n):
+            lo, hi = exact_bound(x, n, alpha)
+            out.update(
+                ci_low=lo,
+                ci_high=hi,
+                interval=EXACT,
+                method="Clopper-Pearson",
+                successes=x,
+                trials=n,
+                level=1 - alpha,
+            )
+            return out
+    if samples is None or len(samples) == 0:
+        return out
+    lo, hi, share = percentile_interval(samples, alpha, min_finite)
+    if share >= 1.0:
+        out.update(interval=NOT_ESTIMABLE, note="all resamples equal")
+    elif share > 0.0:
+        out.update(interval=NOT_ESTIMABLE, note=f"{100 * share:.1f} % of resamples equal {lo:.3f}")
     else:
-        cm = np.bincount(y * k + probs.argmax(1), minlength=k * k).reshape(k, k)
-    out = _from_confusion(cm, quadratic)
-    out.update(_ranking(y, probs, k, target_spec, exact))
-    finite_auc = np.isfinite(out["roc_auc"])
-    finite_ap = np.isfinite(out["pr_auc"])
-    out["macro_roc_auc"] = (
-        float(out["roc_auc"][finite_auc].mean()) if finite_auc.any() else float("nan")
-    )
-    out["macro_pr_auc"] = (
-        float(out["pr_auc"][finite_ap].mean()) if finite_ap.any() else float("nan")
-    )
-    out["confusion_matrix"] = cm
+        out.update(ci_low=lo, ci_high=hi)
     return out
 
 
-PER_CLASS = ("sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc", "sens_at_spec")
-OVERALL = (
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "mcc",
-    "kappa",
-    "macro_roc_auc",
-    "macro_pr_auc",
-)
+def bootstrap_statistic(
+    values: Sequence[np.ndarray],
+    statistic: Callable[..., float],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """``statistic(*values)`` with a percentile interval from resampling rows together.
 
-
-def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
-    v = values[np.isfinite(values)]
-    if len(v) < max(10, 0.5 * len(values)):  # mostly undefined: no honest interval
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(v, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    For figures that are not counts (a mean Dice, a mean absolute error): replicates that are
+    all equal give "interval not estimable", not a zero-width interval.
+    """
+    arrays = [np.asarray(v, dtype=np.float64) for v in values]
+    n = len(arrays[0])
+    point = float(statistic(*arrays)) if n else float("nan")
+    reps = None
+    if n >= 2 and n_bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        reps = np.array(
+            [statistic(*(a[idx] for a in arrays)) for idx in rng.integers(0, n, (n_bootstrap, n))],
+            dtype=np.float64,
+        )
+    return pack(point, reps, alpha, min_finite=max(10, n_bootstrap // 2))
 
 
 def metrics_with_intervals(
@@ -185,7 +146,7 @@ def metrics_with_intervals(
     ordinal: bool = False,
     target_specificity: float = 0.9,
 ) -> dict[str, Any]:
-    """Every figure as ``{"value", "ci_low", "ci_high"}`` plus the confusion matrix.
+    """Every figure of the table as :func:`pack` gives it, plus the confusion matrix.
 
     ``ordinal`` uses quadratic-weighted kappa (ordered stages such as F0–F4); otherwise Cohen's
     unweighted kappa. Sensitivity is also reported at a fixed ``target_specificity`` per class.
@@ -202,30 +163,42 @@ def metrics_with_intervals(
                 RuntimeWarning,
                 stacklevel=2,
             )
-    point = _all_figures(y, p, k, ordinal, target_specificity)
+    basis = F.Basis(y, p, k, ordinal, target_specificity)
+    point = F.compute(basis)
     rng = np.random.default_rng(seed)
     by_class = [np.flatnonzero(y == i) for i in range(k)]
-    reps: dict[str, list] = {m: [] for m in (*OVERALL, *PER_CLASS)}
+    reps: dict[str, list] = {f.key: [] for f in F.FIGURES}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(n_bootstrap):
             idx = np.concatenate(
                 [rng.choice(ix, size=len(ix), replace=True) for ix in by_class if len(ix)]
             )
-            f = _all_figures(y[idx], p[idx], k, ordinal, target_specificity, exact=False)
-            for m in reps:
-                reps[m].append(f[m])
+            rep = F.compute(F.Basis(y[idx], p[idx], k, ordinal, target_specificity))
+            for key in reps:
+                reps[key].append(rep[key])
 
-    def pack(value: float, samples: np.ndarray) -> dict[str, float]:
-        lo, hi = _interval(samples, alpha) if n_bootstrap else (float("nan"), float("nan"))
-        return {"value": float(value), "ci_low": lo, "ci_high": hi}
+    def counts(f: F.Figure, i: int | None) -> tuple[float, float] | None:
+        if f.counts is None:
+            return None
+        x, n = f.counts(basis)
+        return (x, n) if i is None else (x[i], n[i])
 
-    overall = {m: pack(point[m], np.array(reps[m], dtype=float)) for m in OVERALL}
-    per_class = {
-        c: {m: pack(point[m][i], np.array([r[i] for r in reps[m]], dtype=float)) for m in PER_CLASS}
-        for i, c in enumerate(classes)
+    overall = {
+        f.key: pack(point[f.key], np.array(reps[f.key], dtype=float), alpha, counts(f, None))
+        for f in F.overall()
     }
+    per_class: dict[str, dict[str, Any]] = {}
     for i, c in enumerate(classes):
+        per_class[c] = {
+            f.key: pack(
+                point[f.key][i],
+                np.array([r[i] for r in reps[f.key]], dtype=float),
+                alpha,
+                counts(f, i),
+            )
+            for f in F.per_class()
+        }
         per_class[c]["support"] = int((y == i).sum())
     return {
         "n": len(y),
@@ -235,18 +208,43 @@ def metrics_with_intervals(
         "bootstrap": "stratified by true class",
         "seed": seed,
         "target_specificity": target_specificity,
-        "kappa_weighting": "quadratic" if ordinal else "none",
+        "kappa_weighting": "quadratic" if ordinal else "unweighted",
         "overall": overall,
         "per_class": per_class,
-        "confusion_matrix": point["confusion_matrix"].tolist(),
+        "confusion_matrix": basis.confusion.tolist(),
     }
 
 
-def fmt_ci(m: dict[str, float], digits: int = 3) -> str:
-    """``0.912 [0.871–0.948]`` (or ``n/a`` when undefined)."""
-    v, lo, hi = m["value"], m["ci_low"], m["ci_high"]
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def fmt_ci(m: dict[str, Any] | None, digits: int = 3) -> str:
+    """``0.912 [0.871–0.948]``; an all-or-nothing proportion with its exact one-sided bound;
+    a figure without an interval says why; ``n/a`` when undefined. Accepts JSON (None) too."""
+    if not m:
+        return "n/a"
+    v, lo, hi = _num(m.get("value")), _num(m.get("ci_low")), _num(m.get("ci_high"))
     if not math.isfinite(v):
         return "n/a"
+    d = digits
+    if m.get("interval") == EXACT:
+        n, level = int(m["trials"]), round(100 * float(m.get("level", 0.95)))
+        method = "Clopper–Pearson" if m.get("method") == "Clopper-Pearson" else m.get("method")
+        if int(m["successes"]) == n:
+            return (
+                f"{v:.{d}f} (all {n} of {n}; one-sided {level} % lower bound {lo:.{d}f}, {method})"
+            )
+        return f"{v:.{d}f} (none of {n}; one-sided {level} % upper bound {hi:.{d}f}, {method})"
+    if m.get("interval") == NOT_ESTIMABLE:
+        return f"{v:.{d}f}, interval not estimable ({m.get('note', 'all resamples equal')})"
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{v:.{digits}f}"
-    return f"{v:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
+        return f"{v:.{d}f}"
+    if hi - lo < 1e-6:  # stored by a run before zero-width intervals were marked
+        return f"{v:.{d}f}, interval not estimable (zero width)"
+    bd = d
+    while f"{lo:.{bd}f}" == f"{hi:.{bd}f}":  # never print [1.000–1.000]: show the digits
+        bd += 1
+    if bd != d:
+        return f"{v:.{d}f} [{lo:.{bd}f}–{hi:.{bd}f}]"
+    return f"{v:.{d}f} [{lo:.{d}f}–{hi:.{d}f}]"

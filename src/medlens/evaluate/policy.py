@@ -10,15 +10,36 @@ threshold at which the class's validation sensitivity under the policy meets its
 costs as little specificity as the target allows; when the argmax alone already meets the target
 the threshold is 1.0 (it never needs to fire). A target validation cannot meet is reported, not
 hidden.
+
+A case is **borderline** (:meth:`DecisionPolicy.borderline`) when a priority class's probability
+lies within a margin of a threshold *that can fire*: a threshold of 1.0 or more (the argmax alone
+meets the target) or a class without a threshold never makes a case borderline, since no small
+change in its probability could flip the decision through it. Worklists, reports and the service
+all ask this one rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+
+class NearThreshold(NamedTuple):
+    """A priority class whose probability is within the margin of its (firing) threshold."""
+
+    cls: str
+    probability: float
+    threshold: float
+
+    @property
+    def distance(self) -> float:
+        return abs(self.probability - self.threshold)
+
+    def __str__(self) -> str:
+        return f"p({self.cls}) = {self.probability:.3f}, threshold {self.threshold:.2f}"
 
 
 @dataclass
@@ -49,6 +70,36 @@ class DecisionPolicy:
             sub = p[undecided][:, rest]
             decision[undecided] = np.array(rest)[sub.argmax(axis=1)]
         return decision, fired
+
+    def can_fire(self, cls: str) -> bool:
+        """Whether ``cls`` has a threshold that can decide a case (a threshold ≥ 1 never does
+        more than the argmax; a class without one has no threshold at all)."""
+        t = self.thresholds.get(cls)
+        return cls in self.priority and t is not None and t < 1.0
+
+    def borderline(
+        self, probabilities: Mapping[str, float] | Sequence[float] | np.ndarray, margin: float
+    ) -> list[NearThreshold]:
+        """The priority classes whose probability is within ``margin`` of a threshold that can
+        fire, in priority order; empty when the case is not borderline.
+
+        ``probabilities``: one case, as ``{class: p}`` or a sequence in ``self.classes`` order.
+        ``str()`` of an entry reads ``p(tuberculosis) = 0.350, threshold 0.30``.
+        """
+        if isinstance(probabilities, Mapping):
+            prob = {c: float(probabilities.get(c, 0.0)) for c in self.priority}
+        else:
+            row = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+            if len(row) != len(self.classes):
+                raise ValueError(
+                    f"{len(row)} probabilities for the policy's {len(self.classes)} classes"
+                )
+            prob = {c: float(row[self.classes.index(c)]) for c in self.priority}
+        out = []
+        for c in self.priority:
+            if self.can_fire(c) and abs(prob[c] - self.thresholds[c]) <= margin:
+                out.append(NearThreshold(c, prob[c], float(self.thresholds[c])))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,13 +1,15 @@
 """The evaluation report: one self-contained HTML file (plots embedded) beside the same numbers
 as JSON. ``medlens report RUN_DIR`` regenerates it from the files a run wrote, so the report can
 never show a figure the run did not compute.
+
+Figure names come from the one table (:mod:`medlens.evaluate.figures`), warnings from
+:mod:`medlens.evaluate.caveats` (shown first, above every figure), pictures from
+:mod:`medlens.evaluate.plots`.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -15,12 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medlens.errors import MedlensError
+from medlens.evaluate import figures as F
+from medlens.evaluate import plots
 from medlens.evaluate.calibration import softmax
-from medlens.evaluate.heldout import Scores, threshold_sweep
-from medlens.evaluate.intervals import fmt_ci
+from medlens.evaluate.caveats import model_warnings
+from medlens.evaluate.heldout import Scores
+from medlens.evaluate.intervals import EXACT, fmt_ci
 from medlens.evaluate.policy import DecisionPolicy
 from medlens.evaluate.worklists import WorklistEntry, build_worklists
 
@@ -30,130 +33,39 @@ DISCLAIMER = (
 )
 
 
-def _fig_to_img(fig: Any, alt: str) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _roc_pr_plots(y: np.ndarray, p: np.ndarray, classes: Sequence[str]) -> str:
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
-    for i, c in enumerate(classes):
-        yb = (y == i).astype(int)
-        if 0 < yb.sum() < len(yb):
-            fpr, tpr, _ = roc_curve(yb, p[:, i])
-            a1.plot(fpr, tpr, label=c)
-            prec, rec, _ = precision_recall_curve(yb, p[:, i])
-            a2.plot(rec, prec, label=c)
-    a1.plot([0, 1], [0, 1], "k:", lw=0.8)
-    a1.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (one vs rest, test)")
-    a2.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall (test)")
-    a1.legend(fontsize=8)
-    a2.legend(fontsize=8)
-    return _fig_to_img(fig, "ROC and precision-recall curves per class on the test split")
-
-
-def _confusion_plot(cms: dict[str, list[list[int]]], classes: Sequence[str]) -> str:
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(cms), figsize=(4.2 * len(cms), 3.8))
-    axes = np.atleast_1d(axes)
-    for ax, (title, cm) in zip(axes, cms.items(), strict=True):
-        m = np.array(cm)
-        ax.imshow(m, cmap="Blues")
-        for (r, c), v in np.ndenumerate(m):
-            ax.text(
-                c,
-                r,
-                str(v),
-                ha="center",
-                va="center",
-                color="white" if v > m.max() / 2 else "black",
-            )
-        ax.set_xticks(range(len(classes)), classes, rotation=30, fontsize=8)
-        ax.set_yticks(range(len(classes)), classes, fontsize=8)
-        ax.set(xlabel="decided", ylabel="true", title=title)
-    return _fig_to_img(fig, "confusion matrices on the test split")
-
-
-def _reliability_plot(cal: dict[str, Any]) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect")
-    for key, label in (("reliability_before", "before"), ("reliability_after", "after")):
-        r = cal[key]
-        conf = [c for c, n in zip(r["confidence"], r["count"], strict=True) if n and c is not None]
-        acc = [a for a, n in zip(r["accuracy"], r["count"], strict=True) if n and a is not None]
-        ece = cal["test_" + label]["ece"]
-        ax.plot(conf, acc, "o-", label=f"{label} calibration (ECE {ece:.3f})")
-    ax.set(xlabel="confidence (top class)", ylabel="accuracy", title="Reliability (test)")
-    ax.legend(fontsize=8)
-    return _fig_to_img(fig, "reliability diagram before and after temperature scaling")
-
-
-def _sweep_plot(val: Scores, temperature: float, policy: DecisionPolicy) -> str:
-    plt = _plt()
-    p = softmax(val.logits, temperature)
-    fig, axes = plt.subplots(1, len(policy.priority), figsize=(4.5 * len(policy.priority), 3.6))
-    axes = np.atleast_1d(axes)
-    for ax, c in zip(axes, policy.priority, strict=True):
-        s = threshold_sweep(val.y, p, policy.classes.index(c))
-        ax.plot(s["threshold"], s["sensitivity"], label="sensitivity")
-        ax.plot(s["threshold"], s["specificity"], label="specificity")
-        ax.axvline(policy.thresholds[c], color="k", ls="--", lw=0.8, label="chosen threshold")
-        if c in policy.targets:
-            ax.axhline(policy.targets[c], color="r", ls=":", lw=0.8, label="target sensitivity")
-        ax.set(xlabel=f"threshold on p({c})", title=f"{c}: threshold sweep (validation)")
-        ax.legend(fontsize=7)
-    return _fig_to_img(fig, "threshold sweeps on the validation split")
-
-
-def _thumb(source: str, size: int = 96) -> str:
-    """A small PNG of the image a worklist entry names (blank when it cannot be read)."""
-    from PIL import Image
-
-    from medlens.data.io import read_image, read_npz_image
-
-    try:
-        if "::" in source:
-            path, rest = source.split("::", 1)
-            key, idx = rest.rstrip("]").split("[")
-            arr = read_npz_image(path, key, int(idx)).array
-        else:
-            arr = read_image(source).array
-    except (MedlensError, ValueError):
-        return "<span>(image unavailable)</span>"
-    im = Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8))
-    im.thumbnail((size, size))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="case thumbnail">'
-
-
 def _num(v: Any, digits: int = 3) -> str:
     return (
         "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
     )
 
 
-def _ci(m: dict[str, Any]) -> str:
-    return fmt_ci(
-        {k: (float("nan") if m.get(k) is None else m[k]) for k in ("value", "ci_low", "ci_high")}
+def _ci(m: dict[str, Any] | None) -> str:
+    return fmt_ci(m)
+
+
+def _warnings_html(warnings: list[dict[str, Any]]) -> str:
+    """The warnings box at the top of the report (nothing when there is nothing to say)."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w['message'])}</li>" for w in warnings)
+    return (
+        "<section class='alert' role='alert' aria-labelledby='warn-h'><h2 id='warn-h'>"
+        f"Read this first: {len(warnings)} warning(s) about this model</h2><ul>{items}</ul>"
+        "</section>"
+    )
+
+
+def _exact_note(iv: dict[str, Any]) -> str:
+    """Say so when some figure is all-or-nothing on the test split."""
+    packs = list(iv["overall"].values()) + [
+        m for pc in iv["per_class"].values() for m in pc.values() if isinstance(m, dict)
+    ]
+    if not any(m.get("interval") == EXACT for m in packs):
+        return ""
+    return (
+        "<p class='note'>Some proportions are all-or-nothing on the test split (every case right, "
+        "or every case wrong): a bootstrap cannot give them an interval, so they show an exact "
+        "one-sided Clopper–Pearson bound and the number of cases it rests on.</p>"
     )
 
 
@@ -168,7 +80,7 @@ def _worklist_html(
 ) -> str:
     titles = {
         "missed_positive": "Missed positives (priority class decided as non-priority)",
-        "borderline": "Borderline cases (near a threshold)",
+        "borderline": "Borderline cases (near a threshold that can fire)",
         "confident_wrong": "Confident but wrong",
     }
     parts = []
@@ -179,7 +91,7 @@ def _worklist_html(
             continue
         rows = [
             [
-                _thumb(e.source),
+                plots.thumb(e.source),
                 html.escape(Path(e.source.split("::")[0]).name),
                 e.true,
                 e.decision,
@@ -201,6 +113,8 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:right}td:first-child,th:first-child{text-align:left}.warn{background:#fff3cd;
 padding:0.6em;border-left:4px solid #d39e00}.note{background:#eef;padding:0.6em}
+.alert{background:#fdecea;border:2px solid #b71c1c;padding:0.4em 1em;margin:1em 0}
+.alert h2{color:#b71c1c;border:none;margin:0.3em 0}
 img{max-width:100%}h2{border-bottom:2px solid #ddd;padding-bottom:4px}
 """
 
@@ -257,7 +171,7 @@ def _other_outputs_html(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
                 ["accuracy", _ci(h["overall"]["accuracy"])],
                 ["balanced accuracy", _ci(h["overall"]["balanced_accuracy"])],
                 ["macro-F1", _ci(h["overall"]["macro_f1"])],
-                [f"kappa ({h['kappa_weighting']} weighting)", _ci(h["overall"]["kappa"])],
+                [F.display_name("kappa", h), _ci(h["overall"]["kappa"])],
                 ["cases with a known target", str(h["n"])],
             ]
             parts.append(_table(["figure", "value [95 % CI]"], rows))
@@ -282,6 +196,32 @@ def _other_outputs_html(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
             "<p>The classifier reads the image gated to the predicted region; heat maps are "
             "focused on it.</p>"
         )
+    return "\n".join(parts)
+
+
+def figure_tables_html(iv: dict[str, Any], classes: Sequence[str]) -> str:
+    """The overall and per-class tables: one row (or column) per figure of the table in
+    :mod:`medlens.evaluate.figures` that the run computed, named as the table names it."""
+    parts: list[str] = []
+    parts.append("<h2>Overall (test, calibrated probabilities, argmax)</h2>")
+    parts.append(
+        _table(
+            ["figure", "value [95 % CI]"],
+            [
+                [html.escape(F.display_name(f, iv)), _ci(iv["overall"].get(f.key))]
+                for f in F.overall()
+                if f.key in iv["overall"]
+            ],
+        )
+    )
+    parts.append("<h2>Per class (test)</h2>")
+    cols = [f for f in F.per_class() if f.key in iv["per_class"][classes[0]]] if classes else []
+    rows = [
+        [c, str(iv["per_class"][c]["support"])] + [_ci(iv["per_class"][c].get(f.key)) for f in cols]
+        for c in classes
+    ]
+    parts.append(_table(["class", "n"] + [F.display_name(f, iv) for f in cols], rows))
+    parts.append(_exact_note(iv))
     return "\n".join(parts)
 
 
@@ -315,6 +255,8 @@ def render_report(run_dir: str | Path) -> Path:
     iv = metrics["intervals"]
     parts: list[str] = []
     parts.append(f"<h1>medlens evaluation — {html.escape(meta['name'])}</h1>")
+    metrics["warnings"] = model_warnings(metrics)  # recomputed: older runs stored none
+    parts.append(_warnings_html(metrics["warnings"]))
     parts.append(f"<p class='warn'><strong>{html.escape(DISCLAIMER)}</strong></p>")
     parts.append(
         _table(
@@ -355,56 +297,8 @@ def render_report(run_dir: str | Path) -> Path:
             f"<p class='note'>Split checked: no exact/near copies ({leak.get('copy_groups', 0)} "
             "copy groups kept together) and no patient crosses train/validation/test.</p>"
         )
-    parts.append("<h2>Overall (test, calibrated probabilities, argmax)</h2>")
-    names = {
-        "accuracy": "accuracy",
-        "balanced_accuracy": "balanced accuracy",
-        "macro_f1": "macro-F1",
-        "mcc": "MCC",
-        "kappa": f"Cohen's kappa ({iv['kappa_weighting']} weighting)",
-        "macro_roc_auc": "macro ROC-AUC",
-        "macro_pr_auc": "macro PR-AUC",
-    }
-    parts.append(
-        _table(
-            ["figure", "value [95 % CI]"], [[names[k], _ci(v)] for k, v in iv["overall"].items()]
-        )
-    )
-    parts.append("<h2>Per class (test)</h2>")
-    spec = iv["target_specificity"]
-    rows = []
-    for c in classes:
-        m = iv["per_class"][c]
-        rows.append(
-            [
-                c,
-                str(m["support"]),
-                _ci(m["sensitivity"]),
-                _ci(m["specificity"]),
-                _ci(m["ppv"]),
-                _ci(m["npv"]),
-                _ci(m["roc_auc"]),
-                _ci(m["pr_auc"]),
-                _ci(m["sens_at_spec"]),
-            ]
-        )
-    parts.append(
-        _table(
-            [
-                "class",
-                "n",
-                "sensitivity",
-                "specificity",
-                "PPV",
-                "NPV",
-                "ROC-AUC",
-                "PR-AUC",
-                f"sens. @ spec. {spec:.2f}",
-            ],
-            rows,
-        )
-    )
-    parts.append(_roc_pr_plots(test.y, p_cal, classes))
+    parts.append(figure_tables_html(iv, classes))
+    parts.append(plots.roc_pr_plots(test.y, p_cal, classes))
     cms = {"argmax": metrics["confusion_matrix"]}
     if policy is not None:
         pt = metrics["policy"]["test"]
@@ -461,8 +355,8 @@ def render_report(run_dir: str | Path) -> Path:
             f"<p class='note'>Missed priority positives (decided as a non-priority class): "
             f"argmax {mp['argmax']}, policy {mp['policy']} ({change}).</p>"
         )
-        parts.append(_sweep_plot(val, t, policy))
-    parts.append(_confusion_plot(cms, classes))
+        parts.append(plots.sweep_plot(val, t, policy))
+    parts.append(plots.confusion_plot(cms, classes))
     parts.append("<h2>Calibration</h2>")
     parts.append(
         _table(
@@ -481,7 +375,7 @@ def render_report(run_dir: str | Path) -> Path:
         f"<p>Temperature T = {t:.3f}, fitted on {cal.get('n_validation', '?')} validation images "
         "by minimising negative log-likelihood; it does not change any argmax.</p>"
     )
-    parts.append(_reliability_plot(cal))
+    parts.append(plots.reliability_plot(cal))
     parts.append(_other_outputs_html(metrics, meta))
     parts.append("<h2>Worklists (test)</h2>")
     parts.append(_worklist_html(worklists, classes))

@@ -4,8 +4,9 @@ Three lists, from test predictions and the bundle's decision policy:
 
 - **missed positives** — a case of a priority class (e.g. tuberculosis) that the policy sent to a
   non-priority class (e.g. normal);
-- **borderline** — a priority class's probability within ``margin`` of its threshold, where a
-  small change in the image could flip the decision;
+- **borderline** — a priority class's probability within ``margin`` of a threshold that can
+  fire, where a small change in the image could flip the decision
+  (:meth:`DecisionPolicy.borderline`, the rule the service uses too);
 - **confident but wrong** — the most probable class is wrong with probability ≥ ``confident``.
 """
 
@@ -70,13 +71,9 @@ def build_worklists(
                 entry("missed_positive", i, f"{classes[y[i]]} decided as {classes[dec[i]]}")
             )
         if policy is not None:
-            near = [
-                f"p({c})={p[i, classes.index(c)]:.3f} vs threshold {policy.thresholds[c]:.3f}"
-                for c in priority
-                if abs(p[i, classes.index(c)] - policy.thresholds[c]) <= margin
-            ]
+            near = policy.borderline(p[i], margin)
             if near:
-                out["borderline"].append(entry("borderline", i, "; ".join(near)))
+                out["borderline"].append(entry("borderline", i, "; ".join(map(str, near))))
         if arg[i] != y[i] and p[i, arg[i]] >= confident:
             out["confident_wrong"].append(
                 entry(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medlens.common import rescale_to_unit
 from medlens.explain.targets import (
     ExplainError,
     LayerChoice,
@@ -90,9 +91,9 @@ def _as_batch(x: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def _normalise(cam: np.ndarray) -> np.ndarray:
     cam = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    cam = cam - cam.min()
-    peak = float(cam.max())
-    return np.clip(cam / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(cam)
+    if cam.size == 0:
+        return cam
+    return rescale_to_unit(cam, float(cam.min()), float(cam.max()))  # flat map → zeros
 
 
 def compute_cam(

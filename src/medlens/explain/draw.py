@@ -22,7 +22,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FocusedCam", "focus", "focus_box", "overlay", "png_base64", "save_png"]
+__all__ = [
+    "FocusedCam",
+    "focus",
+    "focus_box",
+    "on_original",
+    "overlay",
+    "png_base64",
+    "save_png",
+    "to_original",
+]
 
 
 @dataclass
@@ -111,6 +120,62 @@ def overlay(
     heat = cmap(c)[:, :, :3].astype(np.float32)
     out = (1.0 - alpha) * np.clip(img, 0.0, 1.0) + alpha * heat
     return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_original(cam: np.ndarray, pipeline: Any, info: dict[str, Any]) -> np.ndarray:
+    """A heatmap over the model's input carried back to the original image's pixels.
+
+    The pipeline's geometry run backwards (what ``align_mask`` does to a mask, inverted): a
+    letterboxed resize loses its padding and is scaled back to the size it was made from; a
+    border crop is pasted back in place, zero outside it (the model never saw that border).
+    ``info`` is the image's ``PreprocessResult.info``; values stay in [0, 1].
+    """
+    import cv2
+
+    def hw(size: Any) -> tuple[int, int]:
+        return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    h0, w0 = (int(v) for v in info["original_shape"][:2])
+    crop = info.get("crop_bbox")
+    shape, undo = (h0, w0), []  # (step, the shape it was given)
+    for step in pipeline.steps:
+        kind = getattr(step, "step", "")
+        if kind == "crop_border" and crop is not None and not any(k == "crop" for k, _, _ in undo):
+            undo.append(("crop", step, shape))
+            shape = (int(crop[1]) - int(crop[0]), int(crop[3]) - int(crop[2]))
+        elif kind == "resize":
+            undo.append(("resize", step, shape))
+            shape = hw(step.size)
+    c = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
+    if c.shape != shape:
+        c = cv2.resize(c, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    for kind, step, (h, w) in reversed(undo):
+        if kind == "resize":
+            if step.keep_aspect:  # drop the letterbox padding, as resize() placed it
+                th, tw = c.shape[:2]
+                scale = min(th / h, tw / w)
+                nh, nw = min(th, max(1, round(h * scale))), min(tw, max(1, round(w * scale)))
+                y, x = (th - nh) // 2, (tw - nw) // 2
+                c = c[y : y + nh, x : x + nw]
+            c = cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR)
+        else:
+            y0, y1, x0, x1 = (int(v) for v in crop)
+            full = np.zeros((h, w), dtype=np.float32)
+            full[y0:y1, x0:x1] = c
+            c = full
+    return np.clip(c, 0.0, 1.0)
+
+
+def on_original(
+    image: Any, cam: np.ndarray, pipeline: Any, info: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(image in [0, 1] at its own resolution, heatmap carried back to it)`` for drawing an
+    overlay a person can lay beside the original film. ``image``: a path or an array."""
+    from medlens.common import to_unit_range
+    from medlens.data.io import read_image
+
+    arr = read_image(image).array if isinstance(image, str | Path) else to_unit_range(image)
+    return arr, to_original(cam, pipeline, info)
 
 
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from medlens.data.io import read_mask
 from medlens.errors import MedlensError
 from medlens.explain.cam import compute_cam, normalise_method
 from medlens.explain.scores import CENTRE, RANDOM, LocalisationScorer, skip_reason
@@ -82,9 +83,14 @@ def explain_images(
     alpha: float = 0.4,
     top_fraction: float = 0.1,
     seed: int = 0,
+    at_original: bool = False,
     **opts: Any,
 ) -> list[ExplanationRecord]:
     """Write one overlay PNG per image to ``out_dir`` and return a record per image.
+
+    ``at_original``: draw on the image as read, at its own resolution, with the heatmap carried
+    back through the crop and resize (:func:`~medlens.explain.draw.to_original`), instead of on
+    the model's input.
 
     ``target_class`` (index or name): the class explained; default each image's predicted
     class. ``mask_paths`` (same length as ``images``; None entries allowed): lesion masks in
@@ -94,7 +100,7 @@ def explain_images(
     """
     import torch
 
-    from medlens.explain.draw import overlay, save_png
+    from medlens.explain.draw import on_original, overlay, save_png
 
     name = normalise_method(method)
     if mask_paths is not None and len(mask_paths) != len(images):
@@ -120,13 +126,17 @@ def explain_images(
         res = compute_cam(predictor.model, x, name, k if tc is None else tc, **opts)
         rec.explained_class, rec.layer = classes[res.target_class], res.layer
         png = out / f"{i:04d}_{_slug(Path(str(img)).stem)}_{_slug(name)}.png"
-        rec.png = str(save_png(png, overlay(pre.display, res.cam, colormap, alpha)))
+        shown, heat = pre.display, res.cam
+        if at_original:
+            shown, heat = on_original(img, res.cam, predictor.pipeline, pre.info)
+        rec.png = str(save_png(png, overlay(shown, heat, colormap, alpha)))
         mp = mask_paths[i] if mask_paths is not None else None
         if mp is None:
             continue
         rec.mask = str(mp) if isinstance(mp, str | Path) else "<array>"
         try:
-            mask = align_mask(mp, predictor.pipeline, pre.info)
+            arr = read_mask(mp) if isinstance(mp, str | Path) else np.asarray(mp)
+            mask = align_mask(arr, predictor.pipeline, pre.info)
         except MedlensError as exc:
             rec.skipped = f"mask unreadable: {exc}"
             continue
@@ -211,7 +221,9 @@ def evaluate_explanations(
         mask = None
         if masks[i] is not None:
             try:
-                mask = align_mask(masks[i], predictor.pipeline, pre.info)  # type: ignore[arg-type]
+                mi = masks[i]
+                arr = read_mask(mi) if isinstance(mi, str | Path) else np.asarray(mi)
+                mask = align_mask(arr, predictor.pipeline, pre.info)
             except MedlensError as exc:
                 errors[str(img)] = f"mask: {exc}"
         cams = {m: compute_cam(predictor.model, x, m, cls, **opts).cam for m in names}

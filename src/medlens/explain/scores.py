@@ -30,6 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from medlens.common import rescale_to_unit
+from medlens.evaluate.intervals import percentile_interval
+
 __all__ = [
     "BASELINES",
     "CENTRE",
@@ -147,8 +150,7 @@ def random_cam(shape: tuple[int, int], rng: np.random.Generator, cells: int = 6)
     h, w = int(shape[0]), int(shape[1])
     coarse = rng.standard_normal((cells, cells)).astype(np.float32)
     field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    field -= field.min()
-    return (field / max(float(field.max()), 1e-12)).astype(np.float32)
+    return rescale_to_unit(field, float(field.min()), float(field.max()))
 
 
 def centre_prior_cam(shape: tuple[int, int], sigma: float = 0.25) -> np.ndarray:
@@ -207,8 +209,10 @@ def bootstrap_mean(
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, n, size=(n_bootstrap, n))
         reps = point[idx].mean(axis=1)
-        lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
-        out.update(ci_low=float(lo), ci_high=float(hi))
+        # A paired difference with all replicates equal keeps its (zero-width) interval: the
+        # credit rule reads its bounds.
+        lo, hi, _ = percentile_interval(reps, alpha, min_finite=1)
+        out.update(ci_low=lo, ci_high=hi)
     return out
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medlens.evaluate.intervals import fmt_ci
 from medlens.explain.scores import BASELINES, METRICS
 
 __all__ = ["explanation_section_html"]
@@ -37,14 +38,15 @@ _NOTE = (
 
 
 def _fmt(m: dict[str, Any] | None, signed: bool = False) -> str:
+    if not signed:
+        return fmt_ci(m)
     if not m or m.get("value") is None:
         return "n/a"
     v, lo, hi = m["value"], m.get("ci_low"), m.get("ci_high")
-    f = "+.3f" if signed else ".3f"
+    f = "+.3f"
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return f"{v:{f}}"
-    sep = ", " if signed else "–"
-    return f"{v:{f}} [{lo:{f}}{sep}{hi:{f}}]"
+    return f"{v:{f}} [{lo:{f}}, {hi:{f}}]"
 
 
 def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from medlens.errors import MedlensError
+from medlens.models.registry import model_info
 
 __all__ = [
     "ExplainError",
@@ -259,12 +260,13 @@ def resolve_target_layer(
 
     ``target_layer`` may be a module of ``model`` or its dotted name (``"layer4.1"``); token
     models get their :class:`TokenReshape` either way. ``x`` (``1 x C x H x W``) sizes the token
-    grid and drives the fallback probe. A soft-voting ensemble resolves to its dominant
-    member's layer (see :func:`_resolve_in_ensemble`).
+    grid and drives the fallback probe. A model whose registry entry says ``cam="member"`` (a
+    soft-voting ensemble) resolves to its dominant member's layer (see
+    :func:`_resolve_in_ensemble`).
     """
-    names = _classes(model)
-    if "SoftVotingEnsemble" in names:
+    if model_info(model).cam == "member":
         return _resolve_in_ensemble(model, x, target_layer)
+    names = _classes(model)
     layout = "nchw"
     rule = "explicit"
     layer: nn.Module | None = None

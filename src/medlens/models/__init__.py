@@ -8,6 +8,8 @@ from medlens.models.registry import (
     list_models,
     model_info,
     register_model,
+    tag_model,
+    unregister_model,
 )
 
 __all__ = [
@@ -18,4 +20,6 @@ __all__ = [
     "list_models",
     "model_info",
     "register_model",
+    "tag_model",
+    "unregister_model",
 ]

@@ -17,7 +17,8 @@ scikit-image, xgboost and skops are optional (``pip install "medlens[classical]"
 imported only inside the functions that need them.
 
 These models have no convolution layers and no parameters: gradient training, CAMs and linear
-probes do not apply (see :func:`is_classical`); they are fitted once with :meth:`fit_arrays`.
+probes do not apply (their registry entries say ``kind="classical", cam="none"``); they are fitted
+once with :meth:`fit_arrays`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from medlens.errors import BundleError, MedlensError, require
 from medlens.models.registry import register_model
 
 KINDS = ("mlp", "rf", "xgboost")
-CLASSICAL_MODELS = tuple(f"hog_{k}" for k in KINDS)  # their registry names
 
 # Types scikit-learn's MLP and forest need that skops does not trust by default. They are plain
 # data holders (optimizer state, the compiled tree arrays); nothing here can run code on load.
@@ -413,11 +413,6 @@ class ClassicalModel(nn.Module):
             f"hog=({self.orientations}, {self.pixels_per_cell}, {self.cells_per_block}), "
             f"fitted={self.is_fitted}"
         )
-
-
-def is_classical(model: Any) -> bool:
-    """True for HOG + estimator models: fitted once, no gradients, no conv layers for a CAM."""
-    return isinstance(model, ClassicalModel)
 
 
 def _build(

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from medlens.errors import MedlensError
-from medlens.models.registry import create_model, register_model
+from medlens.models.registry import create_model, model_info, register_model, tag_model
 
 __all__ = ["SoftVotingEnsemble", "fit_ensemble_weights", "from_members", "normalise_weights"]
 
@@ -251,9 +251,10 @@ def from_members(
     them :meth:`SoftVotingEnsemble.model_spec` writes a spec from which a bundle rebuilds the same
     architecture; the weights themselves travel in the state dict.
     """
-    return SoftVotingEnsemble(
+    ensemble = SoftVotingEnsemble(
         models, names, weights, labels, member_kwargs, num_classes=num_classes, in_chans=in_chans
     )
+    return tag_model(ensemble, "soft_voting")
 
 
 @register_model("soft_voting", kind="ensemble", cam="member")
@@ -295,7 +296,7 @@ def soft_voting(
             raise MedlensError(
                 f"ensemble.members[{i}].kwargs: {clash} are set by the ensemble, not per member"
             )
-        if spec["name"] == "soft_voting":
+        if model_info(spec["name"], strict=False).kind == "ensemble":
             raise MedlensError(f"ensemble.members[{i}]: an ensemble cannot contain an ensemble")
         built.append(create_model(spec["name"], num_classes, in_chans, pretrained=False, **kw))
         names.append(spec["name"])

@@ -8,7 +8,9 @@ and are adapted to the requested ``num_classes`` / ``in_chans`` the way timm ada
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,10 @@ from typing import Any, Literal
 from medlens.errors import MedlensError
 
 ModelBuilder = Callable[..., Any]
-ModelKind = Literal[
-    "network", "classical", "ensemble", "roi", "fusion", "multitask", "segmentation"
-]
+# A kind names how a model trains (``medlens.train.fitters`` maps each kind to its fitter) and
+# what evaluation, explanation and serving may ask of it. The built-in kinds are below; a new kind
+# is any other lowercase name, given a fitter with ``medlens.train.fitters.register_fitter``.
+ModelKind = str
 KINDS: tuple[str, ...] = (
     "network",
     "classical",
@@ -70,8 +73,10 @@ def register_model(
     The keyword arguments are the entry's :class:`ModelInfo`: every place that must know what kind
     of model it holds asks :func:`model_info` instead of testing names or attributes.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; one of {', '.join(KINDS)}")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", kind):
+        raise ValueError(
+            f"model kind {kind!r} must be a lowercase name (built-in: {', '.join(KINDS)})"
+        )
 
     def wrap(fn: ModelBuilder) -> ModelBuilder:
         key = name or fn.__name__
@@ -83,11 +88,12 @@ def register_model(
     return wrap
 
 
-def model_info(name_or_model: Any) -> ModelInfo:
+def model_info(name_or_model: Any, strict: bool = True) -> ModelInfo:
     """The registry entry of a model name, or of a model built by :func:`create_model`.
 
     timm names and ``backbone+reader`` hybrids are plain networks. A model object built elsewhere
-    (no ``medlens_info`` tag) is taken as a plain network.
+    (no ``medlens_info`` tag) is taken as a plain network. ``strict=False`` takes any name not
+    registered here as a plain network without asking timm (cheap; for validating recipes).
     """
     if not isinstance(name_or_model, str):
         info = getattr(name_or_model, "medlens_info", None)
@@ -96,25 +102,43 @@ def model_info(name_or_model: Any) -> ModelInfo:
     name = name_or_model
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if is_model(name) or "+" in name:
+    if not strict or "+" in name or is_model(name):
         return ModelInfo(name)
-    raise MedlensError(
-        f"model.name: unknown model {name!r} (`medlens models` lists every name)"
-    )
+    raise MedlensError(f"model.name: unknown model {name!r} (`medlens models` lists every name)")
+
+
+def unregister_model(name: str) -> None:
+    """Remove a registration (a plug-in unloading, or a test's temporary model)."""
+    _REGISTRY.pop(name, None)
+
+
+def tag_model(model: Any, name: str) -> Any:
+    """Give a model assembled outside :func:`create_model` (e.g. an ensemble of trained
+    members) its registry entry, so :func:`model_info` answers for the object too."""
+    _ensure_builtin()
+    return _tag(model, _REGISTRY[name])
 
 
 def _tag(model: Any, info: ModelInfo) -> Any:
     """Attach the entry to the built model so code holding only the object can ask its kind."""
-    try:
+    # An object that refuses attributes stays untagged: model_info then falls back to a network.
+    with contextlib.suppress(AttributeError, TypeError):
         object.__setattr__(model, "medlens_info", info)
-    except (AttributeError, TypeError):  # an object that refuses attributes: callers fall back
-        pass
     return model
 
 
 def _ensure_builtin() -> None:
-    # Importing the modules runs their @register_model decorators.
-    from medlens.models import classical, ensemble, roi, small_cnn, zoo  # noqa: F401
+    # Importing the modules runs their @register_model decorators (the one allowed import
+    # circle: each of them imports this module to register).
+    from medlens.models import (  # noqa: F401
+        classical,
+        ensemble,
+        heads,
+        hybrids,
+        monai_nets,
+        roi,
+        small_cnn,
+    )
 
 
 def _timm_names() -> list[str]:
@@ -211,9 +235,11 @@ def create_model(
         )
     backbone, plus, _ = name.partition("+")
     if plus and (backbone in _REGISTRY or timm.is_model(backbone)):  # backbone + a reader
-        from medlens.models.zoo import build_hybrid
+        from medlens.models.hybrids import build_hybrid
 
-        return _tag(build_hybrid(name, num_classes, in_chans, pretrained, **kwargs), ModelInfo(name))
+        return _tag(
+            build_hybrid(name, num_classes, in_chans, pretrained, **kwargs), ModelInfo(name)
+        )
     close = difflib.get_close_matches(name, list_models(), n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise MedlensError(

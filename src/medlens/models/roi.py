@@ -10,11 +10,12 @@ heads returning a dict).
 The gate keeps the image's geometry: no cropping, no resizing. Everything outside the joint is
 dimmed to ``floor`` of its value rather than cut away, so the classifier still has context and,
 more importantly, a CAM computed through the wrapper is in the input's own pixel coordinates and
-can be laid over the film and focused on the predicted joint (:func:`focus_on_mask`) directly.
+can be laid over the film and focused on the predicted joint (``medlens.explain.focus`` with
+:attr:`RoiClassifier.last_mask`) directly.
 
 Registered as ``roi_classifier``; the whole thing (segmenter included) is one state dict, so a
 medlens bundle rebuilds it from ``(name, num_classes, in_chans, kwargs)`` and loads it strictly.
-MONAI is imported only when an Attention U-Net is built (inside the zoo builder).
+MONAI is imported only when an Attention U-Net is built (inside its builder in ``monai_nets``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medlens.models.registry import create_model, register_model
 
-__all__ = ["DEFAULT_SEGMENTER", "RoiClassifier", "focus_on_mask", "roi_classifier"]
+__all__ = ["DEFAULT_SEGMENTER", "RoiClassifier", "roi_classifier"]
 
 # Small enough to train on a CPU in minutes; two poolings keep 32 px inputs valid.
 DEFAULT_SEGMENTER: dict[str, Any] = {
@@ -188,32 +188,3 @@ def roi_classifier(
         cls_name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **cls_kwargs
     )
     return RoiClassifier(seg, clf, dilate=dilate, floor=floor)
-
-
-def _as_2d(a: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        a = a.detach().float().cpu().numpy()
-    arr = np.asarray(a)
-    while arr.ndim > 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise ValueError(f"{what} must be one H x W map (or 1 x 1 x H x W), got {arr.shape}")
-    return arr
-
-
-def focus_on_mask(
-    cam: np.ndarray, mask: np.ndarray | torch.Tensor, threshold: float = 0.5
-) -> np.ndarray:
-    """The CAM restricted to the predicted joint: ``cam * (mask > threshold)``, renormalised.
-
-    A thin adapter over :func:`medlens.explain.draw.focus` (which does the masking and the
-    [0, 1] renormalisation, keeps exact zeros outside, and leaves an all-zero map all-zero): it
-    accepts a probability mask such as :attr:`RoiClassifier.last_mask` (``1 x 1 x H x W``
-    tensor or ``H x W`` array) and binarises it. Call :func:`medlens.explain.focus` directly
-    when the metadata (share of the heatmap's mass kept, region size) is wanted in a report.
-    """
-    from medlens.explain.draw import focus
-
-    c = _as_2d(cam, "cam")
-    m = _as_2d(mask, "mask") > threshold
-    return focus(c, m, roi="predicted joint").cam

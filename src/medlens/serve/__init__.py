@@ -13,16 +13,20 @@ administrator (who can then close sign-up); :func:`create_account` creates accou
 web form, for servers that must not let the first visitor become admin (start those with
 ``signup_open=False``).
 
-Pages: ``/login`` ``/signup`` ``/logout`` ``/upload`` ``/results/{id}`` (+ ``original.png``,
-``preprocessed.png``, ``heatmap.png?method=``, ``report.pdf``, ``compare``, ``model``,
-``delete``, ``rewrite``) ``/history`` ``/batch`` ``/batch/{id}`` (+ ``status``,
-``worklist.csv``, ``delete``) ``/tokens`` ``/admin``. REST API (Bearer token): ``/api/v1/health``
-``/models`` ``/predict`` ``/batch`` ``/batch/{id}`` ``/results`` ``/results/{id}``
-(+ ``explain``, ``report.pdf``); schema at ``/api/v1/openapi.json``.
+Pages: ``/login`` ``/signup`` ``/logout`` ``/account`` ``/upload`` ``/results/{id}`` (+
+``original.png``, ``thumb.png``, ``preprocessed.png``, ``heatmap.png?method=``, ``report.pdf``,
+``compare``, ``model``, ``delete``, ``rewrite``) ``/history`` ``/batch`` ``/batch/{id}`` (+
+``status``, ``worklist.csv``, ``delete``) ``/tokens`` ``/admin`` (+ ``users/{id}/password``,
+``users/{id}/active``). REST API (Bearer token): ``/api/v1/health`` ``/models`` ``/predict``
+``/batch`` ``/batch/{id}`` ``/results`` ``/results/{id}`` (+ ``explain``, ``report.pdf``); schema
+at ``/api/v1/openapi.json``, interactive page at ``/api/v1/docs``. Accounts can also be managed
+without the UI: :func:`create_account`, :func:`reset_password`, :func:`set_user_active`,
+:func:`list_accounts` (``medlens serve-admin``).
 
 Optional dependencies (``pip install medlens[serve]``): FastAPI, uvicorn, SQLAlchemy, Alembic,
-Jinja2, python-multipart, argon2-cffi, reportlab. They are imported only when a name below is
-first used, so ``import medlens.serve`` is cheap and nothing else in medlens imports this package.
+Jinja2, python-multipart, argon2-cffi, reportlab, swagger-ui-bundle (the API page). They are
+imported only when a name below is first used, so ``import medlens.serve`` is cheap and nothing
+else in medlens imports this package.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ from typing import Any
 _EXPORTS = {
     "ServeSettings": "settings",
     "create_app": "app",
-    "create_account": "app",
+    "create_account": "admin",
+    "list_accounts": "admin",
+    "reset_password": "admin",
+    "set_user_active": "admin",
     "run": "app",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
-"""REST API under ``/api/v1`` for scripts and other systems; OpenAPI at ``/api/v1/openapi.json``.
+"""REST API under ``/api/v1`` for scripts and other systems; OpenAPI at ``/api/v1/openapi.json``
+and an interactive page at ``/api/v1/docs`` (:mod:`.docs`).
 
 Authentication is a personal API token in ``Authorization: Bearer mlt_...`` (created on the
 Tokens page, shown once, stored hashed). Cookies are never accepted here, which is why these
@@ -9,34 +10,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from medlens.serve import batch as batches
 from medlens.serve import services
-from medlens.serve.db import User
-from medlens.serve.deps import DB, state_of
+from medlens.serve.deps import DB, ApiUser, state_of
 from medlens.serve.engine import METHODS
+from medlens.serve.formats import names_text
 from medlens.serve.uploads import UploadRejected, validate_upload
 
-bearer = HTTPBearer(auto_error=False, description="Personal API token (mlt_...)")
-
-
-def api_user(
-    db: DB, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> User:
-    user = services.bearer_user(db, creds.credentials if creds else None)
-    if user is None:
-        raise HTTPException(
-            401, "missing or invalid API token", headers={"WWW-Authenticate": "Bearer"}
-        )
-    return user
-
-
-ApiUser = Annotated[User, Depends(api_user)]
 router = APIRouter(prefix="/api/v1", tags=["medlens"])
 
 
@@ -57,6 +43,11 @@ class ModelInfo(BaseModel):
     calibrated: bool
     ensemble: bool
     intended_use: str
+    created: str = Field(description="when the bundle was written (ISO 8601, UTC)")
+    training_data: dict[str, Any] = Field(
+        description="what the model was trained on: {source, synthetic, n_images, origin}; "
+        "synthetic=true marks a demonstration model"
+    )
     heads: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="other heads: {name: {type, classes}}"
     )
@@ -82,10 +73,16 @@ class ResultOut(BaseModel):
     id: str
     created_at: str
     file: str = Field(description="sanitised display name of the uploaded file")
+    accession: str | None = Field(
+        default=None, description="accession or study number, if the user entered one"
+    )
     source_format: str
     deidentified: bool
     model: str
     bundle: BundleRef
+    demonstration_model: bool = Field(
+        description="true: the model was trained on synthetic data, for demonstration only"
+    )
     decision: str
     decision_rule: str
     decision_threshold: float | None
@@ -142,10 +139,6 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def _reject(exc: UploadRejected) -> HTTPException:
-    return HTTPException(exc.status, exc.message)
-
-
 @router.get("/health", response_model=Health)
 def health(request: Request, db: DB) -> Health:
     db.execute(text("SELECT 1"))
@@ -162,8 +155,11 @@ def predict(
     request: Request,
     db: DB,
     user: ApiUser,
-    file: Annotated[UploadFile, File(description="PNG, JPEG or DICOM")],
+    file: Annotated[UploadFile, File(description=names_text())],
     model: Annotated[str | None, Form(max_length=200)] = None,
+    accession: Annotated[
+        str | None, Form(max_length=200, description="accession or study number (optional)")
+    ] = None,
 ) -> dict[str, Any]:
     st = state_of(request)
     s = st.settings
@@ -179,9 +175,9 @@ def predict(
             tmp_dir=st.workspace.tmp,
             keep_dicom_identifiers=s.keep_dicom_identifiers,
         )
-    except UploadRejected as exc:
-        raise _reject(exc) from None
-    r = services.create_result_from_upload(st, db, user, v, chosen)
+        r = services.create_result_from_upload(st, db, user, v, chosen, accession)
+    except (UploadRejected, services.Refused) as exc:
+        raise HTTPException(exc.status, exc.message) from None
     return services.result_dict(st, r, _base(request))
 
 
@@ -199,7 +195,7 @@ def _job_out(request: Request, db: Session, job: Any, with_list: bool) -> JobOut
                 else None,
                 error=it.error,
             )
-            for i, it in enumerate(services.worklist(db, job), start=1)
+            for i, it in enumerate(batches.worklist(db, job), start=1)
         ]
     return JobOut(
         id=job.id,
@@ -225,31 +221,27 @@ def batch(
     files: Annotated[list[UploadFile], File(description="images and/or zip archives")],
     model: Annotated[str | None, Form(max_length=200)] = None,
 ) -> JobOut:
-    from medlens.serve.web import batch_entries, create_job
-
     st = state_of(request)
     chosen = st.models.get(model)
     if chosen is None:
         raise HTTPException(400, f"unknown model {model!r}")
     try:
-        entries = batch_entries(st, files)
+        entries = batches.batch_entries(st, files)
     except UploadRejected as exc:
-        raise _reject(exc) from None
-    job = create_job(st, db, user, entries, chosen.key)
+        raise HTTPException(exc.status, exc.message) from None
+    job = batches.create_job(st, db, user, entries, chosen.key)
     return _job_out(request, db, job, with_list=False)
 
 
 @router.get("/batch/{job_id}", response_model=JobOut)
 def batch_status(request: Request, db: DB, user: ApiUser, job_id: str) -> JobOut:
-    return _job_out(request, db, services.get_job(db, user, job_id), with_list=True)
+    return _job_out(request, db, batches.get_job(db, user, job_id), with_list=True)
 
 
 @router.get("/batch/{job_id}/worklist.csv", response_class=Response)
 def batch_csv(request: Request, db: DB, user: ApiUser, job_id: str) -> Response:
-    from medlens.serve.web import worklist_csv
-
-    job = services.get_job(db, user, job_id)
-    return Response(worklist_csv(state_of(request), db, job), media_type="text/csv")
+    job = batches.get_job(db, user, job_id)
+    return Response(batches.worklist_csv(state_of(request), db, job), media_type="text/csv")
 
 
 @router.get("/results", response_model=ResultList)

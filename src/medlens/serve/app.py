@@ -2,9 +2,9 @@
 ``create_account(...)`` for headless set-up.
 
 Start-up is all-or-nothing: the workspace is created (owner-only), the database migrated with the
-package's Alembic scripts, every bundle verified and loaded; any failure stops the server before
-it listens. Nothing else has to run: SQLite is the default database and the batch worker is a
-thread of this process.
+package's Alembic scripts, every bundle verified, loaded and warmed with one prediction (the
+log says when each model is ready); any failure stops the server before it listens. Nothing else
+has to run: SQLite is the default database and the batch worker is a thread of this process.
 """
 
 from __future__ import annotations
@@ -23,27 +23,46 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medlens.serve import api, security, services, web
-from medlens.serve.db import make_engine, migrate, session_factory
+from medlens.serve import accounts, api, docs, security, web, web_accounts, web_batch
+from medlens.serve.admin import create_account
+from medlens.serve.db import User, make_engine, migrate, session_factory
+from medlens.serve.deps import SESSION_COOKIE, CsrfFailed, LoginRequired
 from medlens.serve.engine import ModelRegistry
 from medlens.serve.jobs import BatchRunner
 from medlens.serve.settings import MB, ServeSettings
+from medlens.serve.state import NotFound, Refused, ServeState, load_secret
 from medlens.serve.storage import Workspace
+from medlens.serve.templating import login_redirect, render
+
+__all__ = ["create_account", "create_app", "run"]
 
 log = logging.getLogger("medlens.serve")
 HERE = Path(__file__).parent
+# Every route of the service: pages (CSRF-checked, not in the schema), the REST API, its docs.
+ROUTERS = (web_accounts.router, web.router, web_batch.router, api.router, docs.router)
 
 
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
+def _visitor(request: Request) -> User | None:
+    """The signed-in user, so an error page keeps the navigation (None if not signed in)."""
+    with contextlib.suppress(Exception), request.app.state.medlens.db() as db:
+        return accounts.session_user(db, request.cookies.get(SESSION_COOKIE))
+    return None
+
+
 def _error(request: Request, status: int, message: str) -> Response:
     if _is_api(request):
         return JSONResponse({"detail": message}, status_code=status)
     try:
-        return web.render(
-            request, "error.html", {"status": status, "message": message}, status=status
+        return render(
+            request,
+            "error.html",
+            {"status": status, "message": message},
+            user=_visitor(request),
+            status=status,
         )
     except Exception:  # never fail while reporting a failure
         return PlainTextResponse(message, status_code=status)
@@ -58,11 +77,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
     migrate(engine)
     sessions = session_factory(engine)
     models = ModelRegistry(list(settings.bundles), device=settings.device)
+    if settings.warm_models:
+        models.warm_up()  # the first upload must not pay for library set-up
     with sessions() as db:
-        secret = services.load_secret(db)
+        secret = load_secret(db)
     # Pillow refuses (DecompressionBombError) anything over twice this, warns above it.
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
-    state = services.ServeState(
+    state = ServeState(
         settings=settings,
         sessions=sessions,
         workspace=workspace,
@@ -75,6 +96,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     if settings.warm_explanations:
         # The CAM library takes seconds to import; pay that now, not on the first result page.
         threading.Thread(target=_warm_explanations, name="medlens-warm", daemon=True).start()
+    log.info(
+        "medlens ready: %d model(s) loaded and warmed (%s)",
+        len(models),
+        "; ".join(m.menu_label for m in models),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -89,14 +115,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         version=str(__version__),
         description="Decision support for image review. Every result names the model that "
         "produced it and how sure it is; a clinician decides.",
-        docs_url=None,  # Swagger UI loads scripts from a CDN, which the CSP forbids
+        docs_url=None,  # FastAPI's page loads a CDN and an inline script: see serve/docs.py
         redoc_url=None,
         openapi_url="/api/v1/openapi.json",
         lifespan=lifespan,
     )
     app.state.medlens = state
-    app.include_router(web.router)
-    app.include_router(api.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     batch_limit = settings.max_batch_bytes + MB
@@ -112,14 +138,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.add_middleware(security.BodyLimitMiddleware, limit_for=limit_for)
     app.add_middleware(security.SecurityHeadersMiddleware)
 
-    @app.exception_handler(web.LoginRequired)
-    async def _login(request: Request, exc: web.LoginRequired) -> Response:
+    @app.exception_handler(LoginRequired)
+    async def _login(request: Request, exc: LoginRequired) -> Response:
         if _is_api(request):
             return JSONResponse({"detail": "authentication required"}, status_code=401)
-        return web.login_redirect(exc.next_path)
+        return login_redirect(exc.next_path)
 
-    @app.exception_handler(web.CsrfFailed)
-    async def _csrf(request: Request, exc: web.CsrfFailed) -> Response:
+    @app.exception_handler(CsrfFailed)
+    async def _csrf(request: Request, exc: CsrfFailed) -> Response:
         return _error(
             request,
             403,
@@ -127,12 +153,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "Reload the page and submit it again.",
         )
 
-    @app.exception_handler(services.NotFound)
-    async def _not_found(request: Request, exc: services.NotFound) -> Response:
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> Response:
         return _error(request, 404, "Not found.")
 
-    @app.exception_handler(services.Refused)
-    async def _refused(request: Request, exc: services.Refused) -> Response:
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> Response:
         return _error(request, exc.status, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
@@ -155,38 +181,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 
 def _warm_explanations() -> None:
-    with contextlib.suppress(Exception):
-        import medlens.explain.cam  # noqa: F401  (imports pytorch-grad-cam)
+    from medlens.inference import load_explanations
 
-
-def create_account(
-    username: str,
-    password: str,
-    *,
-    role: str = "admin",
-    workspace: Path = Path("medlens-workspace"),
-    database_url: str | None = None,
-    min_password_length: int = 10,
-) -> None:
-    """Create an account without the web form (e.g. ``medlens serve-admin``), for servers whose
-    sign-up is closed or that must not let the first visitor become admin."""
-    settings_url = ServeSettings.model_construct(
-        bundles=[], workspace=Path(workspace), database_url=database_url
-    ).resolved_database_url()
-    Workspace(Path(workspace))
-    engine = make_engine(settings_url)
     try:
-        migrate(engine)
-        with session_factory(engine)() as db:
-            services.create_user(
-                db, username, password, role=role, min_password_length=min_password_length
-            )
-    except services.Refused as exc:
-        from medlens.errors import MedlensError
-
-        raise MedlensError(exc.message) from None
-    finally:
-        engine.dispose()
+        load_explanations()
+    except Exception as exc:
+        log.warning("heatmaps unavailable: the explanation library did not load (%s)", exc)
+    else:
+        log.info("heatmaps ready")
 
 
 def _loopback(host: str) -> bool:

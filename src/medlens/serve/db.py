@@ -122,6 +122,8 @@ class StoredImage(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     deidentified: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # An accession or study number the user typed in (migration 0003); NULL unless given.
+    accession: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class BatchJob(Base):

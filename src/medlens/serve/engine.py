@@ -1,12 +1,15 @@
 """Loaded models and everything computed from them: predictions, triage keys, heatmaps.
 
 Each bundle is loaded once at start-up through :class:`medlens.inference.Predictor` (which
-verifies its SHA-256 and replays its own preprocessing). A model is used under its own lock:
-CAM methods attach hooks to the network, and a prediction running through the same network in
-another thread at that moment would corrupt the heatmap.
+verifies its SHA-256 and replays its own preprocessing) and warmed with one prediction, so the
+first upload does not pay for library set-up. A model is used under its own lock: CAM methods
+attach hooks to the network, and a prediction running through the same network in another thread
+at that moment would corrupt the heatmap.
 
-The explanation library is imported lazily inside :func:`explain_overlay` only, so a server whose
-explanation extras are missing or broken still predicts and says "heatmap unavailable".
+What kind of model a bundle holds (ensemble, fusion...) is asked of the model registry through
+:attr:`Predictor.model_info`, never read from its name. The explanation library is imported
+lazily inside :meth:`Predictor.heatmap` only, so a server whose explanation extras are missing or
+broken still predicts and says "heatmap unavailable".
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medlens.inference import Prediction, Predictor
-from medlens.preprocess import PreprocessResult
+from medlens.inference import DEMO_NOTICE, Prediction, Predictor
+
+__all__ = ["DEMO_NOTICE", "METHODS", "METHOD_LABELS", "LoadedModel", "ModelRegistry", "Triage"]
 
 log = logging.getLogger("medlens.serve")
 
@@ -45,16 +50,12 @@ METHOD_LABELS = {
 }
 
 
-# Registry names of ensemble models: a bundle records the registry name (``soft_voting``), which
-# need not contain the word "ensemble".
-ENSEMBLE_MODELS = frozenset({"soft_voting"})
-
-
 @dataclass
 class LoadedModel:
     key: str
     predictor: Predictor
     lock: threading.Lock = field(default_factory=threading.Lock)
+    warm_seconds: float | None = None  # how long the start-up warm-up took (None: not warmed)
 
     @property
     def name(self) -> str:
@@ -81,9 +82,45 @@ class LoadedModel:
         return str(self.meta.get("intended_use", ""))
 
     @property
+    def created(self) -> str:
+        """Creation date of the bundle (``YYYY-MM-DD``), '' when not recorded."""
+        return self.predictor.bundle.created[:10]
+
+    @property
+    def training_data(self) -> dict[str, Any]:
+        return dict(self.predictor.bundle.training_data)
+
+    @property
+    def synthetic(self) -> bool:
+        """A demonstration model trained on generated phantoms."""
+        return self.predictor.bundle.synthetic
+
+    @property
+    def training_text(self) -> str:
+        """``"48 synthetic images (generated chest_xray phantoms)"``."""
+        td = self.training_data
+        n = td.get("n_images")
+        kind = "synthetic" if td.get("synthetic") else "real"
+        count = f"{n} {kind} images" if n is not None else f"{kind} images"
+        return f"{count} ({td.get('origin') or 'origin not recorded'})"
+
+    @property
+    def menu_label(self) -> str:
+        """Tells two bundles of one recipe apart: recipe, architecture, date, short hash."""
+        parts = [self.model_name]
+        if self.created:
+            parts.append(self.created)
+        parts.append(self.sha256[:8])
+        label = " · ".join(parts)
+        if self.is_ensemble:
+            label += " (ensemble)"
+        if self.synthetic:
+            label += " — demonstration, synthetic data"
+        return label
+
+    @property
     def is_ensemble(self) -> bool:
-        name = str(self.meta.get("model", {}).get("name", "")).lower()
-        return bool(self.meta.get("ensemble")) or name in ENSEMBLE_MODELS or "ensemble" in name
+        return self.predictor.model_info.kind == "ensemble"
 
     @property
     def modalities(self) -> list[str] | None:
@@ -108,18 +145,35 @@ class LoadedModel:
         pol = self.predictor.policy
         return dict(pol.thresholds) if pol is not None else {}
 
+    def test_figures(self) -> list[tuple[str, str]]:
+        """Held-out test figures with their intervals, ``[(name, text)]`` ([] if none)."""
+        return self.predictor.test_figures()
+
+    def test_caption(self) -> str:
+        """``"12 images, 95 % intervals"`` for the test figures' heading ('' if unknown)."""
+        metrics = self.predictor.bundle.metrics or {}
+        parts = []
+        if isinstance(metrics.get("n"), int):
+            parts.append(f"{metrics['n']} images")
+        level = (metrics.get("intervals") or {}).get("confidence_level")
+        if isinstance(level, int | float):
+            parts.append(f"{round(100 * level)} % intervals")
+        return ", ".join(parts)
+
     def describe(self) -> dict[str, Any]:
         return {
             "key": self.key,
             "name": self.name,
             "model": self.model_name,
             "bundle_sha256": self.sha256,
+            "created": self.predictor.bundle.created,
             "classes": self.classes,
             "priority": self.priority,
             "thresholds": self.thresholds,
             "calibrated": self.predictor.temperature != 1.0,
             "ensemble": self.is_ensemble,
             "intended_use": self.intended_use,
+            "training_data": self.training_data,
             "heads": {
                 k: {"type": str(v.get("type", "classification")), "classes": v.get("classes")}
                 for k, v in self.head_specs.items()
@@ -127,20 +181,51 @@ class LoadedModel:
             "modalities": self.modalities,
         }
 
+    def warm_up(self) -> float:
+        """One prediction on a blank image; returns (and remembers) the seconds it took."""
+        t0 = time.perf_counter()
+        with self.lock:
+            self.predictor.warm_up()
+        self.warm_seconds = time.perf_counter() - t0
+        return self.warm_seconds
+
     def predict(self, image: np.ndarray) -> Prediction:
         with self.lock:
             return self.predictor.predict(image)
 
-    def preprocess(self, image: np.ndarray) -> PreprocessResult:
-        """The model's view of ``image``; for a fusion model, the main modality's view.
+    def view(self, image: np.ndarray) -> Any:
+        """The model's preprocessed view of ``image`` (for a fusion model: the main modality).
 
-        An upload is one image, which a fusion predictor treats as its first modality and
-        preprocesses into ``{modality: result or None}``; the pages show that one image.
+        An upload is one image, which a fusion predictor treats as its first modality.
         """
-        pre = self.predictor.preprocess(image)
-        if isinstance(pre, dict):
-            return next(p for p in pre.values() if p is not None)
-        return pre
+        return self.predictor.view(image)
+
+    def borderline(self, probabilities: dict[str, float], margin: float) -> list[str]:
+        return self.predictor.borderline(probabilities, margin)
+
+    def heatmap(
+        self, image: np.ndarray, method: str, target_class: int | None
+    ) -> tuple[np.ndarray | None, str | None]:
+        """Heatmap overlay (uint8 H x W x 3) of one image, or None and why not.
+
+        Failures of any kind become a message the page shows ("heatmap unavailable: ...")
+        instead of an error page.
+        """
+        if method not in METHODS:
+            return None, f"unknown heatmap method {method!r}"
+        if self.modalities is not None:
+            # CAM needs one image through one network; a fusion model takes several inputs.
+            return None, "heatmap unavailable: not computed for multi-image (fusion) models"
+        try:
+            pre = self.view(image)
+            with self.lock:
+                return self.predictor.heatmap(pre, method, target_class), None
+        except ImportError as exc:
+            log.warning("explanations unavailable: %s", exc)
+            return None, "heatmap unavailable: the explanation module could not be loaded"
+        except Exception as exc:
+            log.warning("heatmap %s failed: %s", method, exc)
+            return None, f"heatmap unavailable: {str(exc)[:200]}"
 
 
 class ModelRegistry:
@@ -157,6 +242,12 @@ class ModelRegistry:
             self.models[key] = LoadedModel(key, pred)
         if not self.models:
             raise ValueError("no model bundle to serve")
+
+    def warm_up(self) -> None:
+        """Warm every model (one blank prediction each) and log when each one is ready."""
+        for m in self:
+            seconds = m.warm_up()
+            log.info("model %s ready (warm-up %.1f s)", m.menu_label, seconds)
 
     @property
     def default_key(self) -> str:
@@ -184,11 +275,7 @@ class Triage:
 
 
 def triage(
-    probabilities: dict[str, float],
-    decision: str,
-    priority: list[str],
-    thresholds: dict[str, float],
-    margin: float,
+    probabilities: dict[str, float], decision: str, priority: list[str], borderline: list[str]
 ) -> Triage:
     """Worklist key: the decision's rank in the policy priority (tuberculosis before pneumonia
     before everything else), then risk, highest first.
@@ -196,8 +283,7 @@ def triage(
     Risk is the probability of the decided class when that is a priority class; otherwise the
     highest probability any priority class has (the normal-looking case most likely to be
     disease comes first); with no priority classes at all, the uncertainty 1 - p(decision).
-    A case is borderline when a priority class's probability is within ``margin`` of its
-    threshold (thresholds of 1.0 never fire and are skipped).
+    ``borderline`` (the policy's notes, :meth:`LoadedModel.borderline`) rides along.
     """
     rank = priority.index(decision) if decision in priority else len(priority)
     if decision in priority:
@@ -206,46 +292,4 @@ def triage(
         risk = max(probabilities.get(c, 0.0) for c in priority)
     else:
         risk = 1.0 - probabilities.get(decision, 0.0)
-    near = []
-    for c in priority:
-        t = thresholds.get(c)
-        if t is None or t >= 1.0:
-            continue
-        p = probabilities.get(c, 0.0)
-        if abs(p - t) <= margin:
-            near.append(f"p({c}) = {p:.3f}, threshold {t:.2f}")
-    return Triage(rank, float(risk), near)
-
-
-def explain_overlay(
-    model: LoadedModel, pre: PreprocessResult, method: str, target_class: int | None
-) -> tuple[np.ndarray | None, str | None]:
-    """Heatmap overlay (uint8 H x W x 3) for one preprocessed image, or None and why not.
-
-    The one place the explanation package is imported: failures of any kind become a message
-    the page shows ("heatmap unavailable: ...") instead of an error page.
-    """
-    if method not in METHODS:
-        return None, f"unknown heatmap method {method!r}"
-    if model.modalities is not None:
-        # CAM needs one image through one network; a fusion model takes several encoders' inputs.
-        return None, "heatmap unavailable: not computed for multi-image (fusion) models"
-    try:
-        from medlens.explain import explain, overlay
-    except Exception as exc:
-        log.warning("explanations unavailable: %s", exc)
-        return None, "heatmap unavailable: the explanation module could not be loaded"
-    try:
-        import torch
-
-        x = torch.as_tensor(
-            np.ascontiguousarray(pre.image[None]),
-            dtype=torch.float32,
-            device=model.predictor.device,
-        )
-        with model.lock:
-            cam = explain(model.predictor.model, x, method, target_class)
-        return overlay(pre.display, cam, colormap="jet", alpha=0.4), None
-    except Exception as exc:
-        log.warning("heatmap %s failed: %s", method, exc)
-        return None, f"heatmap unavailable: {str(exc)[:200]}"
+    return Triage(rank, float(risk), list(borderline))

@@ -1,10 +1,12 @@
 """PDF report of one result (reportlab): what a clinician files or prints.
 
 Decision first, then how sure, the images (original, preprocessed, heatmap), calibrated
-probabilities as bars with the policy thresholds, a multi-task model's other findings (each
-head's output, marked as a model output a clinician decides on), the plain-language summary, and
-the provenance (model, bundle name and SHA-256, date, images used by a fusion model) with the
-disclaimer on every page.
+probabilities as bars with the policy thresholds drawn and labelled, a multi-task model's other
+findings (each head's output, marked as a model output a clinician decides on), the
+plain-language summary, the model's held-out test figures with their intervals, the provenance
+(model, bundle name and SHA-256, what it was trained on, date, accession number if one was
+entered, images used by a fusion model) and a reviewer sign-off block. The disclaimer is on every
+page, and a demonstration model trained on synthetic data says so at the top of every page.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import io
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from medlens.inference import DISCLAIMER
+from medlens.inference import DEMO_NOTICE, DISCLAIMER
+from medlens.serve.formatting import pct
 
 
 @dataclass
@@ -41,6 +44,11 @@ class ReportData:
     heatmap_note: str | None
     findings: list[tuple[str, str]] = field(default_factory=list)  # (head, "stage 2 (71%)")
     modalities: str | None = None  # fusion models: "MRI only — CT missing"
+    accession: str | None = None  # user-entered accession / study number
+    synthetic: bool = False  # a demonstration model trained on synthetic data
+    training_data: str | None = None  # "48 synthetic images (generated chest_xray phantoms)"
+    test_figures: list[tuple[str, str]] = field(default_factory=list)  # (name, "0.91 [...]")
+    test_caption: str = ""  # "12 images, 95 % intervals"
 
 
 def _esc(text: str) -> str:
@@ -74,6 +82,10 @@ def render_pdf(d: ReportData) -> bytes:
         canvas.setFont("Helvetica", 7.5)
         canvas.drawString(15 * mm, 10 * mm, DISCLAIMER)
         canvas.drawRightString(195 * mm, 10 * mm, f"page {doc.page}")
+        if d.synthetic:
+            canvas.setFont("Helvetica-Bold", 8)
+            canvas.setFillColor(colors.HexColor("#b42318"))
+            canvas.drawString(15 * mm, 290 * mm, DEMO_NOTICE)
         canvas.restoreState()
 
     doc = SimpleDocTemplate(
@@ -88,16 +100,19 @@ def render_pdf(d: ReportData) -> bytes:
         subject="Decision-support report",
     )
     story: list = [Paragraph("medlens decision-support report", head)]
+    if d.synthetic:
+        story.append(Paragraph(f"<b>{_esc(DEMO_NOTICE)}</b>", body))
+    if d.accession:
+        story.append(Paragraph(f"Accession / study: <b>{_esc(d.accession)}</b>", body))
     kind = "calibrated probability" if d.calibrated else "uncalibrated score"
     story.append(
         Paragraph(
-            f"<b>Decision: {_esc(d.decision)}</b> &mdash; {kind} "
-            f"{100 * d.confidence_decision:.0f}%",
+            f"<b>Decision: {_esc(d.decision)}</b> &mdash; {kind} {pct(d.confidence_decision)}",
             big,
         )
     )
     if d.decision_threshold is not None:
-        rule = f"policy threshold {100 * d.decision_threshold:.0f}% for {_esc(d.decision)} fired"
+        rule = f"policy threshold {pct(d.decision_threshold)} for {_esc(d.decision)} fired"
     else:
         rule = "no threshold fired: the most probable class decides"
     story.append(Paragraph(f"Rule: {rule}. Most probable class: {_esc(d.label)}.", body))
@@ -129,10 +144,11 @@ def render_pdf(d: ReportData) -> bytes:
     )
     story += [t, Spacer(1, 4 * mm)]
 
-    # Probability bars with threshold marks.
+    # Probability bars with the thresholds drawn where they lie, each labelled.
     story.append(Paragraph(f"<b>Probabilities</b> ({kind})", body))
     items = sorted(d.probabilities.items(), key=lambda kv: -kv[1])
-    row_h, width, x0 = 16, 120 * mm, 34 * mm
+    marks = {c: t for c, t in d.thresholds.items() if t is not None and 0.0 < t < 1.0}
+    row_h, width, x0 = 20, 110 * mm, 34 * mm
     drawing = Drawing(180 * mm, row_h * len(items) + 6)
     for i, (c, p) in enumerate(items):
         y = row_h * (len(items) - 1 - i) + 4
@@ -140,13 +156,25 @@ def render_pdf(d: ReportData) -> bytes:
         drawing.add(Rect(x0, y, width, 10, fillColor=colors.HexColor("#e6e9ef"), strokeColor=None))
         fill = colors.HexColor("#b42318") if c == d.decision else colors.HexColor("#475467")
         drawing.add(Rect(x0, y, width * p, 10, fillColor=fill, strokeColor=None))
-        drawing.add(
-            String(x0 + width + 6, y + 2, f"{100 * p:.1f}%", fontName="Helvetica", fontSize=9)
+        drawing.add(String(x0 + width + 6, y + 2, pct(p, 1), fontName="Helvetica", fontSize=9))
+        if c in marks:
+            x = x0 + width * marks[c]
+            drawing.add(
+                Line(x, y - 2, x, y + 13, strokeWidth=1.8, strokeColor=colors.HexColor("#101828"))
+            )
+            drawing.add(
+                String(
+                    x + 2, y + 11, f"threshold {pct(marks[c])}", fontName="Helvetica", fontSize=6.5
+                )
+            )
+    story.append(drawing)
+    if marks:
+        listed = ", ".join(f"{_esc(c)} {pct(t)}" for c, t in marks.items())
+        story.append(Paragraph(f"Vertical marks: the policy's thresholds ({listed}).", small))
+    else:
+        story.append(
+            Paragraph("No policy threshold applies: the most probable class decides.", small)
         )
-        t_c = d.thresholds.get(c)
-        if t_c is not None and t_c < 1.0:
-            drawing.add(Line(x0 + width * t_c, y - 2, x0 + width * t_c, y + 12, strokeWidth=1.5))
-    story += [drawing, Paragraph("Vertical marks: the policy's thresholds.", small)]
     story.append(Spacer(1, 3 * mm))
 
     if d.findings:
@@ -173,14 +201,29 @@ def render_pdf(d: ReportData) -> bytes:
         story.append(Paragraph(f"<b>{_esc(h)}.</b> {_esc(text)}", body))
     story.append(Spacer(1, 3 * mm))
 
+    caption = f" ({_esc(d.test_caption)})" if d.test_caption else ""
+    story.append(Paragraph(f"<b>Model performance on held-out test data</b>{caption}", body))
+    if d.test_figures:
+        ft = Table(
+            [[Paragraph(_esc(a), small), Paragraph(_esc(b), small)] for a, b in d.test_figures],
+            colWidths=[38 * mm, 142 * mm],
+        )
+        ft.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.25, colors.grey)]))
+        story.append(ft)
+    else:
+        story.append(Paragraph("No test figures are recorded for this model.", small))
+    story.append(Spacer(1, 3 * mm))
+
     prov = [
         ["Result", d.result_id],
+        ["Accession / study", d.accession or "not given"],
         ["File (display name)", d.display_name],
         ["Date (UTC)", d.created_at.strftime("%Y-%m-%d %H:%M")],
         ["Model", d.model_name],
         ["Bundle", d.bundle_name],
         ["Bundle SHA-256", d.bundle_sha256],
         ["Intended use", d.intended_use or "-"],
+        ["Trained on", d.training_data or "not recorded (the model is no longer loaded)"],
     ]
     if d.modalities:
         prov.append(["Images used", d.modalities])
@@ -190,5 +233,20 @@ def render_pdf(d: ReportData) -> bytes:
     )
     pt.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.25, colors.grey)]))
     story.append(pt)
+
+    # The clinician's sign-off: the report is decision support until someone signs it.
+    story += [Spacer(1, 6 * mm), Paragraph("<b>Reviewer sign-off</b>", body)]
+    line = "_" * 34
+    sign = Table(
+        [
+            [Paragraph("Reviewed by (name)", small), Paragraph(line, small)],
+            [Paragraph("Signature", small), Paragraph(line, small)],
+            [Paragraph("Date", small), Paragraph(line, small)],
+            [Paragraph("Clinician's conclusion", small), Paragraph(line, small)],
+        ],
+        colWidths=[38 * mm, 142 * mm],
+        rowHeights=[9 * mm] * 4,
+    )
+    story.append(sign)
     doc.build(story, onFirstPage=footer, onLaterPages=footer)
     return buf.getvalue()

@@ -46,6 +46,7 @@ class ServeSettings(BaseModel):
     default_method: str = "gradcam++"
     borderline_margin: float = Field(0.05, ge=0, le=0.5)
     device: str = "cpu"
+    warm_models: bool = True  # one blank prediction per model before the server listens
     warm_explanations: bool = True  # import the CAM library in the background at start-up
 
     # Optional LLM rewrite of the plain-language summary (off unless llm_url is set).

@@ -18,12 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-_KEY_RE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}\.(png|dcm)$")
+from medlens.serve.formats import STORED_SUFFIXES
+
+_SUFFIXES = "|".join(re.escape(s.lstrip(".")) for s in STORED_SUFFIXES)
+_KEY_RE = re.compile(rf"^[0-9a-f]{{2}}/[0-9a-f]{{32}}\.({_SUFFIXES})$")
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 class Workspace:
-    """Layout: ``images/ab/<id>.png|dcm``, ``derived/<id>/*.png``, ``tmp/``, ``medlens.db``."""
+    """Layout: ``images/ab/<id><stored suffix>`` (``.png`` or ``.dcm``, from the upload-format
+    table), ``derived/<id>/*.png``, ``tmp/``, ``medlens.db``."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
@@ -56,7 +60,7 @@ class Workspace:
             raise
 
     def store_image(self, image_id: str, data: bytes, suffix: str) -> str:
-        if not _ID_RE.match(image_id) or suffix not in (".png", ".dcm"):
+        if not _ID_RE.match(image_id) or suffix not in STORED_SUFFIXES:
             raise ValueError("bad image id or suffix")
         key = f"{image_id[:2]}/{image_id}{suffix}"
         self._write(self._inside(self.images / key), data)

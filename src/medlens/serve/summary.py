@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medlens.inference import DISCLAIMER
+from medlens.serve.formatting import pct
 
 
 @dataclass
@@ -44,10 +45,6 @@ def certainty_words(p: float) -> str:
     if p >= 0.5:
         return "low"
     return "very low"
-
-
-def pct(p: float) -> str:
-    return f"{100 * p:.0f}%"
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 The order matters. Size is checked on the raw bytes; the format from the content's magic bytes
 (never the name); the pixel count from the header (PNG IHDR, JPEG SOF via Pillow's lazy open,
 DICOM Rows/Columns without pixel data), so a 20,000 x 20,000 "image" is refused before a single
-row is decompressed. Only then is the image decoded with :func:`medlens.data.io.read_image` - the
-loader training used - from a private temporary file inside the workspace that is deleted
+row is decompressed. Only then is the image decoded with :func:`medlens.inference.decode_image` -
+the loader training used - from a private temporary file inside the workspace that is deleted
 whatever happens. DICOM identifying attributes are removed *before* that temporary file is
 written, so the identifiers never reach the disk.
 
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from medlens.data.io import LoadedImage, read_image
-from medlens.errors import ImageReadError
+from medlens.inference import ImageReadError, LoadedImage, decode_image
+from medlens.serve.formats import BY_KIND, decode_suffix, names_text, sniff, stored_suffix
 
 
 class UploadRejected(Exception):
@@ -47,7 +47,7 @@ class UploadRejected(Exception):
 
 @dataclass
 class ValidatedImage:
-    kind: str  # png | jpeg | dicom
+    kind: str  # an upload format's name (medlens.serve.formats): png | jpeg | dicom
     loaded: LoadedImage
     stored_bytes: bytes
     suffix: str
@@ -57,9 +57,6 @@ class ValidatedImage:
     deidentified: bool
     removed_tags: list[str] = field(default_factory=list)
 
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-JPEG_MAGIC = b"\xff\xd8\xff"
 
 # DICOM PS3.15 Annex E basic application level confidentiality profile: the attributes that
 # identify a patient, a clinician, an institution or a visit. Every person name (VR PN), every
@@ -239,24 +236,25 @@ def sanitise_name(name: str | None, fallback: str = "upload") -> str:
 
 
 def sniff_kind(data: bytes) -> str:
-    if data.startswith(PNG_MAGIC):
-        return "png"
-    if data.startswith(JPEG_MAGIC):
-        return "jpeg"
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return "dicom"
+    """The upload format of ``data`` from its content, or :class:`UploadRejected` saying what it is."""
+    fmt, detected = sniff(data[:4096])
+    if fmt is not None:
+        return fmt.name
     sample = data[:16]
-    try:
-        text = sample.decode("utf-8")
-        what = f"it starts with text {text[:12]!r}" if text.isprintable() else None
-    except UnicodeDecodeError:
-        what = None
-    if data.startswith(b"PK\x03\x04"):
+    if detected == "zip" or data.startswith(b"PK\x03\x04"):
         what = "it is a zip archive (use the batch upload for archives)"
-    what = what or f"it starts with bytes {sample[:8].hex(' ')}"
+    elif detected:
+        what = f"it is a {detected.upper()} file, which this server does not accept"
+    else:
+        try:
+            text = sample.decode("utf-8")
+            what = f"it starts with text {text[:12]!r}" if text.isprintable() else ""
+        except UnicodeDecodeError:
+            what = ""
+        what = what or f"it starts with bytes {sample[:8].hex(' ')}"
     raise UploadRejected(
         415,
-        "Not a PNG, JPEG or DICOM image: the content does not match any of them "
+        f"Not a {names_text()} image: the content does not match any of them "
         f"({what}). DICOM files need the standard 128-byte preamble and 'DICM' prefix.",
     )
 
@@ -355,7 +353,7 @@ def _decode(data: bytes, suffix: str, tmp_dir: Path) -> LoadedImage:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         try:
-            return read_image(name)
+            return decode_image(name)
         except ImageReadError as exc:
             raise UploadRejected(422, f"The image could not be decoded: {exc.reason}") from None
     finally:
@@ -374,6 +372,46 @@ def canonical_png(loaded: LoadedImage) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _check_png(data: bytes, max_pixels: int, _keep: bool) -> tuple[bytes, list[str]]:
+    w, h = _png_size(data)
+    check_pixels(w, h, 1, max_pixels)
+    _pil_size(data, "png", max_pixels)
+    return data, []
+
+
+def _check_jpeg(data: bytes, max_pixels: int, _keep: bool) -> tuple[bytes, list[str]]:
+    w, h = _pil_size(data, "jpeg", max_pixels)
+    check_pixels(w, h, 1, max_pixels)
+    return data, []
+
+
+def _check_dicom(data: bytes, max_pixels: int, keep_identifiers: bool) -> tuple[bytes, list[str]]:
+    """Size from the header, then (unless told to keep them) the identifiers removed."""
+    ds = _dicom_header(data)
+    w, h = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
+    if not w or not h:
+        raise UploadRejected(422, "DICOM file without an image (no Rows/Columns).")
+    frames = int(str(ds.get("NumberOfFrames", 1) or 1))
+    check_pixels(w, h, frames, max_pixels)
+    if keep_identifiers:
+        return data, []
+    import pydicom
+
+    try:
+        full = pydicom.dcmread(io.BytesIO(data))
+        removed = deidentify_dicom(full)
+        buf = io.BytesIO()
+        full.save_as(buf)
+    except Exception as exc:
+        raise UploadRejected(422, f"The DICOM file could not be read: {exc}") from None
+    return buf.getvalue(), removed
+
+
+# Per upload format (keyed like medlens.serve.formats): refuse a pixel bomb from its header and
+# return the bytes to decode (and the DICOM attributes removed), before anything is decoded.
+HEADER_CHECKS = {"png": _check_png, "jpeg": _check_jpeg, "dicom": _check_dicom}
 
 
 def validate_upload(
@@ -395,47 +433,23 @@ def validate_upload(
             f"File too large: {len(data) / 1e6:.1f} MB, the limit is {max_bytes / 1024 / 1024:.0f} MB.",
         )
     kind = sniff_kind(data)
-    removed: list[str] = []
-    if kind == "png":
-        w, h = _png_size(data)
-        check_pixels(w, h, 1, max_pixels)
-        _pil_size(data, kind, max_pixels)
-        to_decode, suffix = data, ".png"
-    elif kind == "jpeg":
-        w, h = _pil_size(data, kind, max_pixels)
-        check_pixels(w, h, 1, max_pixels)
-        to_decode, suffix = data, ".jpg"
-    else:
-        ds = _dicom_header(data)
-        w, h = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
-        if not w or not h:
-            raise UploadRejected(422, "DICOM file without an image (no Rows/Columns).")
-        frames = int(str(ds.get("NumberOfFrames", 1) or 1))
-        check_pixels(w, h, frames, max_pixels)
-        suffix = ".dcm"
-        if keep_dicom_identifiers:
-            to_decode = data
-        else:
-            import pydicom
-
-            try:
-                full = pydicom.dcmread(io.BytesIO(data))
-                removed = deidentify_dicom(full)
-                buf = io.BytesIO()
-                full.save_as(buf)
-            except Exception as exc:
-                raise UploadRejected(422, f"The DICOM file could not be read: {exc}") from None
-            to_decode = buf.getvalue()
+    check = HEADER_CHECKS.get(kind)
+    if check is None:  # in the upload table, but this server cannot check its header
+        raise UploadRejected(415, f"{kind.upper()} uploads are not supported by this server.")
+    fmt = BY_KIND[kind]
+    to_decode, removed = check(data, max_pixels, keep_dicom_identifiers)
+    suffix = decode_suffix(fmt)
     loaded = _decode(to_decode, suffix, tmp_dir)
     arr = loaded.array
     if arr.ndim not in (2, 3) or not np.isfinite(arr).all():
         raise UploadRejected(422, "The decoded image is not a finite 2-D image.")
-    stored = to_decode if kind == "dicom" else canonical_png(loaded)
+    # Kept: the de-identified DICOM itself, or a metadata-free PNG of the decoded pixels.
+    stored = to_decode if stored_suffix(fmt) == ".dcm" else canonical_png(loaded)
     return ValidatedImage(
         kind=kind,
         loaded=loaded,
         stored_bytes=stored,
-        suffix=".dcm" if kind == "dicom" else ".png",
+        suffix=stored_suffix(fmt),
         width=int(arr.shape[1]),
         height=int(arr.shape[0]),
         display_name=display,

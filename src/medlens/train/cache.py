@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medlens.common import json_safe
 from medlens.data.manifest import Sample
 from medlens.errors import MedlensError
 from medlens.preprocess import Pipeline
@@ -79,7 +80,7 @@ def build_cache(
             infos.append({})
             continue
         arr[i] = result.image
-        infos.append(_jsonable(result.info))
+        infos.append(json_safe(result.info))
     if tmp is not None and data_path is not None and meta_path is not None:
         arr.flush()
         del arr
@@ -88,12 +89,6 @@ def build_cache(
         arr = np.load(data_path, mmap_mode="r")
     ok = np.array([i not in errors for i in range(len(samples))])
     return ImageCache(arr, ok, errors, infos)
-
-
-def _jsonable(info: dict) -> dict:
-    return json.loads(
-        json.dumps(info, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    )
 
 
 def _progress(items: list, label: str, enabled: bool):

@@ -1,36 +1,24 @@
 """Models trained in stages: a soft-voting ensemble of separately trained members, and a
 segmenter whose region of interest a classifier then reads (``roi_classifier``).
 
-Both reuse :func:`~medlens.train.trainer.fit` for every network, on one preprocessed cache and
-the same split, so an ensemble member or the ROI classifier is trained exactly like a plain
-model. Everything chosen after training (ensemble weights) is chosen on validation only.
+Both fit every stage on one preprocessed cache and the same split: an ensemble member is
+trained by the fitter of its own kind (:meth:`FitRequest.stage`), exactly like a plain model of
+that kind, and the ROI classifier by :func:`~medlens.train.trainer.fit`. Everything chosen after
+training (ensemble weights) is chosen on validation only.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medlens.data.manifest import Manifest
-from medlens.data.splits import Splits
 from medlens.errors import DataError
 from medlens.recipes import ModelConfig, Recipe
-from medlens.train.trainer import FitResult, SplitData, fit, prepare_split_data
+from medlens.train.request import FitRequest, FitResult, SplitData, StagedFit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StagedFit:
-    """A trained model plus the bundle ``model.kwargs`` that rebuild it and what was learned."""
-
-    result: FitResult
-    model_kwargs: dict[str, Any]
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def batched_probabilities(model: Any, array: np.ndarray, rows: list[int], batch: int = 64) -> Any:
@@ -48,35 +36,21 @@ def batched_probabilities(model: Any, array: np.ndarray, rows: list[int], batch:
     return np.concatenate(out).astype(np.float64)
 
 
-def fit_ensemble(
-    recipe: Recipe,
-    manifest: Manifest,
-    splits: Splits,
-    run_dir: Path,
-    progress: bool = True,
-    fresh: bool = False,
-) -> StagedFit:
+def fit_ensemble(req: FitRequest) -> StagedFit:
     """Train each member on the shared split, then weight them (recipe, or fitted on val)."""
     from sklearn.metrics import f1_score
 
     from medlens.models.ensemble import fit_ensemble_weights, from_members
 
+    recipe, run_dir = req.recipe, req.run_dir
     members = recipe.model.members or []
-    data = prepare_split_data(recipe, manifest, splits, run_dir, progress)
+    data = req.split_data()
     fitted: list[tuple[Any, Recipe, FitResult]] = []
     for m in members:
         cfg = ModelConfig(name=m.name, pretrained=m.pretrained, kwargs=m.kwargs)
         member_recipe = recipe.with_model(cfg, m.train, f"{recipe.name}-{m.key()}")
         log.info("ensemble member %s (%s)", m.key(), m.name)
-        res = fit(
-            member_recipe,
-            manifest,
-            splits,
-            run_dir / "members" / m.key(),
-            progress=progress,
-            fresh=fresh,
-            data=data,
-        )
+        res = req.stage(member_recipe, run_dir / "members" / m.key()).result
         fitted.append((m, member_recipe, res))
     val = data.rows["val"]
     y_val = np.array([data.labels[i] for i in val])
@@ -126,6 +100,7 @@ def fit_ensemble(
 
 def region_masks(recipe: Recipe, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
     """Each cached image's region mask, carried through the same crop/resize (N x 1 x H x W)."""
+    from medlens.data.io import read_mask
     from medlens.errors import MedlensError
     from medlens.preprocess import align_mask
 
@@ -140,29 +115,26 @@ def region_masks(recipe: Recipe, data: SplitData) -> tuple[np.ndarray, np.ndarra
         if path is None or not data.cache.ok[i]:
             continue
         try:
-            masks[i, 0] = align_mask(path, pipeline, data.cache.infos[i])
+            info = data.cache.infos[i]
+            rows, cols = (int(v) for v in info["original_shape"][:2])
+            masks[i, 0] = align_mask(read_mask(path, shape=(rows, cols)), pipeline, info)
             has[i] = True
         except MedlensError as exc:
             log.warning("region mask of %s unusable: %s", s.path, exc)
     return masks, has
 
 
-def fit_roi(
-    recipe: Recipe,
-    manifest: Manifest,
-    splits: Splits,
-    run_dir: Path,
-    progress: bool = True,
-    fresh: bool = False,
-) -> StagedFit:
+def fit_roi(req: FitRequest) -> StagedFit:
     """Train the segmenter on the region masks, then the classifier behind it (frozen)."""
     from medlens.train.segment import fit_segmentation
+    from medlens.train.trainer import fit
 
+    recipe, run_dir = req.recipe, req.run_dir
     seg_cfg = recipe.segmentation
     assert seg_cfg is not None
     kwargs = recipe.model_kwargs()
     seg_spec = kwargs["segmenter"]
-    data = prepare_split_data(recipe, manifest, splits, run_dir, progress)
+    data = req.split_data()
     masks, has = region_masks(recipe, data)
     tr = [i for i in data.rows["train"] if has[i]]
     va = [i for i in data.rows["val"] if has[i]]
@@ -185,16 +157,25 @@ def fit_roi(
         batch_size=seg_cfg.batch_size,
         lr=seg_cfg.lr,
         seed=recipe.train.seed,
-        progress=progress,
+        progress=req.progress,
         patience=seg_cfg.patience,
-        fresh=fresh,
+        fresh=req.fresh,
     )
     state = seg.model.state_dict()
 
     def load_segmenter(model: Any) -> None:
         model.segmenter.load_state_dict(state, strict=True)
 
-    res = fit(recipe, manifest, splits, run_dir, progress, fresh, prepare=load_segmenter, data=data)
+    res = fit(
+        recipe,
+        req.manifest,
+        req.splits,
+        run_dir,
+        req.progress,
+        req.fresh,
+        prepare=load_segmenter,
+        data=data,
+    )
     info = {
         "segmentation": {
             "val_dice": seg.val_dice,

@@ -1,6 +1,6 @@
 """Train the segmenter of a two-stage recipe (Attention U-Net → region of interest → classifier).
 
-Lightning runs the loop exactly as for classifiers (:mod:`medlens.train.trainer`): Dice + BCE
+The one Lightning runner of classifiers (:mod:`medlens.train.runner`) runs the loop: Dice + BCE
 loss, AdamW with cosine decay, the best checkpoint chosen on validation Dice only, early stopping,
 a seeded, deterministic run, and a done marker so a finished fit is reloaded rather than trained
 again (an interrupted one resumes from ``checkpoints_seg/last.ckpt``).
@@ -11,8 +11,10 @@ float32, possibly memory-mapped: rows are copied one at a time) and masks ``N x 
 the pelvis is close to left-right symmetric, so a flipped joint is still a plausible joint
 (an upside-down pelvis is not, so there is no vertical flip).
 
-Per-image Dice / IoU (:func:`segmentation_metrics`) are returned as arrays so bootstrap
-intervals can be computed later; an image whose mask and prediction are both empty scores 1.
+Per-image Dice / IoU of a fitted segmenter (:func:`model_dice_iou`, via
+:func:`medlens.train.losses.per_image_dice_iou`) are returned as arrays so bootstrap intervals can
+be computed later; an image whose mask and prediction are both empty scores 1, as in
+``medlens.evaluate.segmentation`` (held-out figures, on numpy masks).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ import torch
 
 from medlens.errors import MedlensError
 from medlens.models import create_model
-from medlens.models.zoo import DiceBCELoss  # MONAI is imported when it is built
+from medlens.train.losses import DiceBCELoss, per_image_dice_iou  # MONAI: imported when used
 from medlens.train.module import warmup_cosine
+from medlens.train.runner import load_best, run_lightning
 
 log = logging.getLogger(__name__)
 DONE = "segmentation_done.json"
@@ -41,8 +44,8 @@ __all__ = [
     "SegmentationModule",
     "SegmentationResult",
     "fit_segmentation",
+    "model_dice_iou",
     "per_image_dice_iou",
-    "segmentation_metrics",
 ]
 
 
@@ -63,25 +66,6 @@ class SegmentationResult:
     epochs_run: int
     resumed: bool
     spec: dict[str, Any] = field(default_factory=dict)
-
-
-def per_image_dice_iou(
-    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image Dice and IoU (``B`` tensors) of thresholded sigmoid masks, via MONAI.
-
-    Same definitions as :func:`medlens.models.zoo.dice_iou` (which averages them), kept per
-    image for epoch means weighted by image and for bootstrap intervals.
-    """
-    from medlens.models.zoo import monai_module
-
-    metrics = monai_module("monai.metrics")
-    compute_dice, compute_iou = metrics.compute_dice, metrics.compute_iou
-    pred = (torch.sigmoid(logits.float()) >= threshold).float()
-    t = (target.float() > 0.5).float()
-    dice = compute_dice(pred, t, include_background=True, ignore_empty=False)
-    iou = compute_iou(pred, t, include_background=True, ignore_empty=False)
-    return dice.mean(dim=1), iou.mean(dim=1)  # one output channel: mean over C is that channel
 
 
 class SegmentationModule(L.LightningModule):
@@ -202,13 +186,8 @@ def fit_segmentation(
     is refused rather than silently mixed; ``fresh=True`` discards the earlier fit).
     ``patience``: epochs without a better val Dice before stopping (None/0: never stop early).
     """
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
-    from medlens.train.trainer import _quiet_lightning
-
-    _quiet_lightning()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_m = _check_pair(train_x, train_m, "train")
@@ -232,7 +211,6 @@ def fit_segmentation(
     ckpt_dir = run_dir / CKPT_DIR
     done_file = run_dir / DONE
     best = ckpt_dir / "best.ckpt"
-    last = ckpt_dir / "last.ckpt"
     if fresh:
         for p in [done_file, *ckpt_dir.glob("*.ckpt")]:
             p.unlink(missing_ok=True)
@@ -273,45 +251,29 @@ def fit_segmentation(
                 f"{run_dir} holds a segmentation fit of a different model or data "
                 f"({info.get('fingerprint')}); use another run folder or fresh=True"
             )
-        model = _load_best(module, best)
+        model = load_best(module, best)
         log.info("reloaded the finished segmentation fit in %s", run_dir)
         return SegmentationResult(
             model, best, info["val_dice"], info["val_iou"], int(info["epochs"]), True, spec
         )
 
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best",
+    run = run_lightning(
+        module,
+        train_dl,
+        val_dl,
+        run_dir=run_dir,
+        ckpt_dir=ckpt_dir,
+        log_name="logs_seg",
         monitor="val_dice",
         mode="max",
-        save_last=True,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    callbacks: list[Any] = [checkpoint]
-    if patience:
-        callbacks.append(EarlyStopping(monitor="val_dice", mode="max", patience=patience))
-    if progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=False))
-    trainer = L.Trainer(
-        max_epochs=epochs,
+        patience=patience,
+        epochs=epochs,
+        progress=progress,
         accelerator=accelerator,
-        devices=1,
-        callbacks=callbacks,
-        logger=CSVLogger(str(run_dir), name="logs_seg"),
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        deterministic="warn",  # some GPU kernels (transposed conv backward) have no exact mode
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
     )
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if last.is_file() else None)
-    best_path = Path(checkpoint.best_model_path or last)
-    epochs_run = int(trainer.current_epoch)
-    model = _load_best(module, best_path)
-    scores = segmentation_metrics(model, val_x, val_m, batch_size=batch_size * 2)
+    best_path, epochs_run = run.best_checkpoint, run.epochs_run
+    model = load_best(module, best_path)
+    scores = model_dice_iou(model, val_x, val_m, batch_size=batch_size * 2)
     if best_path != best:  # no validation score was ever logged: keep the last weights as best
         shutil.copyfile(best_path, best)
     done_file.write_text(
@@ -332,14 +294,7 @@ def fit_segmentation(
     )
 
 
-def _load_best(module: Any, path: Path) -> Any:
-    # Our own checkpoint, written by this run; tensors and plain containers only.
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
-    return module.model.eval()
-
-
-def segmentation_metrics(
+def model_dice_iou(
     model: Any, x: np.ndarray, m: np.ndarray, batch_size: int = 32, threshold: float = 0.5
 ) -> dict[str, Any]:
     """Per-image Dice and IoU of ``model`` (B x 1 x H x W logits) on arrays, and their means.
