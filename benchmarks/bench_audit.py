@@ -1,9 +1,11 @@
 """Dataset-audit speed on this machine, printed as JSON (never asserted in tests).
 
-    python benchmarks/bench_audit.py [--n 2000] [--workers 2]
+    python benchmarks/bench_audit.py [--n 2000] [--workers 2] [--phantoms]
 
-Uses ``../shared/data/brain_mri/Training`` (224 px JPEGs); prints a "skipped" line when that
-folder is absent. Files are read once beforehand so that the numbers measure hashing, not the
+Uses ``../shared/data/brain_mri/Training`` (224 px JPEGs), or with ``--phantoms`` (P6 of issue
+#12, no shared data needed) ``--n`` brain-MRI phantoms saved as 224-px JPEGs (quality 90) in a
+temporary folder; prints a "skipped" line when the shared folder is absent and ``--phantoms``
+is not given. Files are read once beforehand so that the numbers measure hashing, not the
 disk. Measures, in images per second (worker-pool start-up included):
 
 * ``hash_*``: SHA-256 of the bytes + pHash/dHash (and mirrored) of a reduced-scale JPEG decode:
@@ -37,17 +39,49 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="images to use (spread over classes)")
     ap.add_argument("--workers", type=int, default=2, help="process-pool size to compare")
+    ap.add_argument("--phantoms", action="store_true", help="224-px JPEG phantoms, not DATA")
     args = ap.parse_args()
+    if args.phantoms:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="medlens-bench-audit-") as tmp:
+            run(args, phantom_jpegs(Path(tmp), args.n))
+        return
     if not DATA.is_dir():
         print(json.dumps({"skipped": f"{DATA} not found: the benchmark needs the shared data"}))
         return
+    run(args, DATA)
+
+
+def phantom_jpegs(root: Path, n: int) -> Path:
+    """``n`` brain-MRI phantoms as 224-px JPEGs in class folders under ``root/jpeg``."""
+    from PIL import Image
+
+    from medlens.data.phantoms import generate_phantoms
+
+    manifest = generate_phantoms("brain_tumor", root / "src", n=n, size=224, seed=0)
+    out = root / "jpeg"
+    import csv
+
+    with manifest.open(newline="") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            src = manifest.parent / row["path"]
+            (out / row["label"]).mkdir(parents=True, exist_ok=True)
+            with Image.open(src) as im:
+                im.convert("L" if im.mode in ("L", "I;16", "I") else "RGB").save(
+                    out / row["label"] / f"{i:05d}.jpg", quality=90
+                )
+    return out
+
+
+def run(args: argparse.Namespace, data: Path) -> None:
 
     from medlens.data import audit as A
     from medlens.data.audit import copies as C
     from medlens.data.audit import records as R
     from medlens.data.manifest import from_folder
 
-    manifest = from_folder(DATA)
+    manifest = from_folder(data)
     step = max(1, len(manifest) // args.n)
     manifest = manifest.subset([manifest.key(s) for s in manifest.samples[::step][: args.n]])
     n = len(manifest)
@@ -62,7 +96,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "images": n,
-        "data": str(DATA),
+        "data": "224-px JPEG phantoms (brain_tumor)" if args.phantoms else str(data),
     }
 
     def cpu() -> float:

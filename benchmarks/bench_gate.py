@@ -1,8 +1,10 @@
 """Input gate on a chest phantom bundle: does it refuse what the model was not made for?
 
 Loads a trained chest bundle (``--run-dir``: a ``medlens train``/``demo`` run folder holding
-``bundle/`` and ``splits.csv``) or trains one on phantoms (``--train``, a few epochs), fits the
-gate on the run's training images with thresholds on its validation images, and prints JSON:
+``bundle/`` and ``splits.csv``) or trains one on phantoms (``--train``, a few epochs), and runs
+every image through the bundle's own :class:`~medlens.inference.Predictor` — the stored input
+gate (``gate.json``/``gate.safetensors``, fitted by the run) and conformal sets
+(``conformal.json``), exactly as ``medlens predict`` and the service apply them. Prints JSON:
 
 - ``other_modalities``: share flagged of real brain MRI, blood smear and liver ultrasound images
   from ``../shared/data`` (skipped when absent) and of other recipes' phantoms (target ≥ 99 %);
@@ -12,7 +14,8 @@ gate on the run's training images with thresholds on its validation images, and 
 - accuracy on the test images that pass, beside accuracy on all;
 - ``conformal_90``: class-conditional 90 % sets fitted on validation, coverage on test;
 - ``comparison``: the same shares for each feature score (kNN, Mahalanobis, energy) alone and
-  for the acquisition test alone — the measurement behind the gate's choice of score.
+  for the acquisition test alone, refitted here on the same embeddings
+  (:meth:`Predictor.embed`) — the measurement behind the gate's choice of score.
 
     .venv/bin/python benchmarks/bench_gate.py --run-dir /tmp/trust_demo/chest_xray
     .venv/bin/python benchmarks/bench_gate.py --train --epochs 8 --out /tmp/bench_gate
@@ -30,15 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens.data.io import decoded_stats, read_image
-from medlens.evaluate.conformal import ConformalSets, coverage_report
-from medlens.evaluate.gate import (
-    FEATURE_SCORES,
-    InputGate,
-    acquisition_properties,
-    check_gradable,
-    features_and_logits,
-)
+from medlens.evaluate.conformal import coverage_report
+from medlens.evaluate.gate import FEATURE_SCORES, InputGate
+from medlens.prediction import STATUSES
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 REAL_SETS = {
@@ -58,22 +55,9 @@ def _sample_files(root: Path, n: int, seed: int) -> list[Path]:
 
 
 def _embed(predictor, paths: list[Path], batch: int = 64):
-    """features, logits, acquisition properties, labels-free: one pass per batch."""
-    import torch
-
-    feats, logits, acq = [], [], []
-    for i in range(0, len(paths), batch):
-        pres, origs = [], []
-        for p in paths[i : i + batch]:
-            img = read_image(p)
-            origs.append(img.array)
-            pres.append(predictor.pipeline(img.array))
-        x = torch.as_tensor(np.stack([r.image for r in pres]), dtype=torch.float32)
-        f, lg = features_and_logits(predictor.model, x)
-        feats.append(f)
-        logits.append(lg)
-        acq += [acquisition_properties(r.image, o) for r, o in zip(pres, origs, strict=True)]
-    return np.concatenate(feats), np.concatenate(logits), np.stack(acq)
+    """features, logits, acquisition properties through the Predictor's own path."""
+    keep, f, lg, acq = predictor.embed(paths, batch)
+    return f, lg, acq, keep
 
 
 def _blank_cases() -> dict[str, np.ndarray]:
@@ -150,22 +134,27 @@ def main(argv: list[str] | None = None) -> int:
     classes = list(predictor.classes)
     paths, labels = _split_paths(run_dir)
     emb = {s: _embed(predictor, paths[s]) for s in ("train", "val", "test")}
-    y_train = np.array([classes.index(c) for c in labels["train"]])
+    y_of = {s: np.array([classes.index(labels[s][i]) for i in emb[s][3]]) for s in emb}
+    y_train = y_of["train"]
     y_test = np.array([classes.index(c) for c in labels["test"]])
 
     others: dict[str, tuple] = {}
+    other_files: dict[str, list[Path]] = {}
     skipped: dict[str, str] = {}
     for name, rel in REAL_SETS.items():
         root = SHARED / rel
         if not root.is_dir():
             skipped[name] = f"{root} absent"
             continue
-        others[name] = _embed(predictor, _sample_files(root, args.n_real, seed=0))
+        other_files[name] = _sample_files(root, args.n_real, seed=0)
     for kind in PHANTOMS:
         man = generate_phantoms(kind, tmp / kind, n=args.n_phantom, size=64, seed=1)
         files = sorted((man.parent).rglob("*.png"))
-        files = [f for f in files if "mask" not in f.parts[-2]][: args.n_phantom]
-        others[f"phantom_{kind}"] = _embed(predictor, files)
+        other_files[f"phantom_{kind}"] = [f for f in files if "mask" not in f.parts[-2]][
+            : args.n_phantom
+        ]
+    for name, files in other_files.items():
+        others[name] = _embed(predictor, files)
 
     def fit(method: str) -> InputGate:
         use = 1 if method == "energy" else 0  # energy scores the logits
@@ -199,36 +188,58 @@ def main(argv: list[str] | None = None) -> int:
         use = 1 if m == "energy" else 0
         combined[m] = {name: float(np.mean(g.score(e[use], e[2])[1])) for name, e in sets.items()}
 
-    gate = gates[args.method]
-    _, flags_test = gate.score(emb["test"][0], emb["test"][2])
-    pred = emb["test"][1].argmax(axis=1)
-    blanks = {}
-    for name, arr in _blank_cases().items():
-        unit = None if arr.dtype.kind == "f" else arr.astype(np.float32) / 255.0
-        blanks[name] = check_gradable(decoded_stats(arr), gate.min_size, unit_array=unit)
-    other_flag = {k: v for k, v in combined[args.method].items() if k != "own_test"}
-    # conformal sets on the same bundle: calibrated probabilities, fitted on validation
-    y_val = np.array([classes.index(c) for c in labels["val"]])
-    p_val, p_test = (predictor.probabilities(emb[s][1]) for s in ("val", "test"))
-    cs = ConformalSets.fit(p_val, y_val, coverage=0.9)
-    conformal = coverage_report(
-        cs.predict_sets(p_test), y_test, classes, 1000, predicted=pred, target=0.9
+    # The stored gate and sets, applied by the Predictor as every channel applies them.
+    gate = predictor.gate
+    if gate is None:
+        raise SystemExit(f"{run_dir / 'bundle'} has no input gate: train it with this medlens")
+    test_preds = predictor.predict_many(paths["test"])
+    flags_test = np.array([getattr(p, "status", "unreadable") != "ok" for p in test_preds])
+    pred = np.array(
+        [int(np.argmax(p.logits)) if getattr(p, "logits", None) else -1 for p in test_preds]
     )
+    blanks = {name: predictor.predict(arr) for name, arr in _blank_cases().items()}
+    other_flag = {}
+    for name, files in other_files.items():
+        preds = predictor.predict_many(files)
+        other_flag[name] = float(np.mean([getattr(p, "status", "") != "ok" for p in preds]))
+    if predictor.sets is not None:
+        p_test = predictor.probabilities(emb["test"][1])
+        conformal = {
+            "sets": predictor.sets.to_dict(),
+            "test": coverage_report(
+                predictor.sets.predict_sets(p_test),
+                y_of["test"],
+                classes,
+                1000,
+                predicted=p_test.argmax(axis=1),
+                target=predictor.sets.coverage,
+            ),
+        }
+    else:
+        conformal = {"sets": None, "note": "the bundle has no conformal sets"}
+    uncertain = [p.uncertain for p in test_preds if p.status == "ok"]
     out = {
         "bundle": str(run_dir / "bundle"),
         "method": args.method,
         "n": {s: len(paths[s]) for s in ("train", "val", "test")}
         | {k: len(v[0]) for k, v in others.items()},
+        "gate": "stored in the bundle, applied by Predictor",
         "val_pass_achieved": gate.val_pass_achieved,
         "thresholds": {"feature": gate.feature_threshold, "acquisition": gate.acq_threshold},
         "other_modalities_flagged": other_flag,
         "other_modalities_flagged_min": min(other_flag.values()) if other_flag else None,
-        "blank_or_broken_flagged": float(np.mean([b is not None for b in blanks.values()])),
-        "blank_reasons": blanks,
+        "blank_or_broken_flagged": float(
+            np.mean([b.status == "ungradable" for b in blanks.values()])
+        ),
+        "blank_reasons": {k: b.reason for k, b in blanks.items()},
         "own_test_flagged": float(np.mean(flags_test)),
+        "own_test_status": {
+            s: int(sum(getattr(p, "status", "") == s for p in test_preds)) for s in STATUSES
+        },
         "accuracy_all_test": float(np.mean(pred == y_test)),
         "accuracy_passing_test": float(np.mean(pred[~flags_test] == y_test[~flags_test])),
-        "conformal_90": {"sets": cs.to_dict(), "test": conformal},
+        "uncertain_share_test": float(np.mean(uncertain)) if uncertain else None,
+        "conformal": conformal,
         "comparison_feature_only": comparison,
         "comparison_combined": combined,
         "skipped": skipped,

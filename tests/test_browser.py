@@ -284,3 +284,46 @@ def test_issue14_pages_in_a_browser(server, tmp_path):
         finally:
             ctx.close()
     assert not problems, problems  # no CSP violations or script errors anywhere
+
+
+def test_an_image_with_no_information_is_not_assessed_in_the_browser(server, tmp_path):
+    """Issue 11: a constant (blank) image gets no decision, no priority and no heatmap - the
+    page says plainly that it was not assessed and why."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+    import numpy as np
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((96, 96), 128, dtype=np.uint8)).save(blank)
+    url = server["url"]
+    problems: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = ctx.new_page()
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(f"{url}/login")
+            page.get_by_label("Username").fill("chief")
+            page.get_by_label("Password", exact=True).fill(PASSWORD)
+            page.get_by_role("button", name="Log in").click()
+            page.wait_for_url(f"{url}/upload")
+            page.get_by_label("Image file (PNG, JPEG or DICOM)").set_input_files(str(blank))
+            page.get_by_role("button", name="Analyse").click()
+            page.wait_for_url(f"{url}/results/*", timeout=120_000)
+            heading = page.locator("h1.decision-h").inner_text()
+            assert heading.startswith("Not assessed") and "ungradable" in heading.lower()
+            main = page.inner_text("main")
+            assert "constant" in main.lower() or "no information" in main.lower(), main[:600]
+            assert page.locator("img[src*='heatmap.png']").count() == 0
+            assert page.locator(".badge.danger").count() == 0  # no "priority finding" flag
+            assert "no decision, priority or heatmap is shown" in main
+            assert "a clinician" in main.lower()
+        finally:
+            ctx.close()
+    assert not problems, problems

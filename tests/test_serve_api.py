@@ -28,10 +28,10 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, serve_bundles):
+def env(tmp_path_factory, serve_bundles, database_url):
     b = serve_bundles
     ws = tmp_path_factory.mktemp("ws_api")
-    app = make_app(ws, [b["a"], b["b"]])
+    app = make_app(ws, [b["a"], b["b"]], database_url=database_url)
     with new_client(app):  # runs the lifespan: the batch worker is stopped at the end
         admin = signup(app, "admin_user")
         alice = signup(app, "alice")
@@ -259,7 +259,8 @@ def test_api_token_auth_and_endpoints(env):
     assert any(x["id"] == res["id"] for x in listing["results"])
     heat = api.get(f"/api/v1/results/{res['id']}/explain", params={"method": "gradcam"})
     assert heat.status_code == 200 and heat.content.startswith(b"\x89PNG")
-    assert api.get(f"/api/v1/results/{res['id']}/explain?method=nope").status_code == 400
+    nope = api.get(f"/api/v1/results/{res['id']}/explain?method=nope")
+    assert nope.status_code == 422 and nope.json()["error"]["field"] == "query.method"
     assert api.get(f"/api/v1/results/{res['id']}/report.pdf").content.startswith(b"%PDF")
 
     zipped = make_zip({f"b{i}.png": p.read_bytes() for i, p in enumerate(env["pngs"][21:24])})
@@ -340,7 +341,7 @@ def test_migrations_match_models_and_create_account(tmp_path):
     engine.dispose()
 
     create_account("root_admin", PASSWORD, workspace=tmp_path / "ws")
-    with pytest.raises(MedlensError, match="taken"):
+    with pytest.raises(MedlensError, match="cannot be used"):
         create_account("root_admin", PASSWORD, workspace=tmp_path / "ws")
     engine = make_engine(f"sqlite:///{(tmp_path / 'ws' / 'medlens.db').resolve()}")
     with session_factory(engine)() as db:

@@ -31,10 +31,10 @@ NEW_PASSWORD = "a brand new passphrase 42"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, serve_bundles):
+def env(tmp_path_factory, serve_bundles, database_url):
     b = serve_bundles
     ws = tmp_path_factory.mktemp("ws_pages")
-    app = make_app(ws, [b["a"], b["b"]])
+    app = make_app(ws, [b["a"], b["b"]], database_url=database_url)
     with new_client(app):
         admin = signup(app, "admin_pages")
         dora = signup(app, "dora")

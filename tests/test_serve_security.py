@@ -30,10 +30,10 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, serve_bundles):
+def env(tmp_path_factory, serve_bundles, database_url):
     b = serve_bundles
     ws = tmp_path_factory.mktemp("ws_sec")
-    app = make_app(ws, [b["a"]], max_upload_mb=1)
+    app = make_app(ws, [b["a"]], max_upload_mb=1, database_url=database_url)
     with new_client(app):
         alice = signup(app, "alice")  # first account: admin
         bob = signup(app, "bob")
@@ -68,7 +68,13 @@ def test_every_route_with_an_id_refuses_another_users_id(env):
 
     with app.state.medlens.db() as db:
         bob_id = db.query(User).filter(User.username == "bob").one().id
-    ids = {"result_id": rid, "job_id": job_id, "token_id": str(token_id), "user_id": str(bob_id)}
+    ids = {
+        "result_id": rid,
+        "job_id": job_id,
+        "token_id": str(token_id),
+        "user_id": str(bob_id),
+        "modality": "mri",  # not an id: a fusion result's per-modality heatmap is still Bob's
+    }
 
     carol_api = new_client(app, headers={"Authorization": f"Bearer {api_token(carol)}"})
     checked = []
@@ -139,24 +145,31 @@ def test_forms_without_csrf_token_are_refused(env):
         assert not re.search(r"\son[a-z]+=", html), url
 
 
-def test_login_is_rate_limited_per_username_and_per_ip(tmp_path, serve_bundles):
+def test_login_throttle_is_per_user_and_client_with_backoff(tmp_path, serve_bundles):
+    """Failures slow down the (user, client) pair that makes them - 1, 2, 4 s... - and an
+    address that sprays many usernames; the right password from another client still works
+    (the lock-out case is tests/test_serve_accounts.py)."""
     b = serve_bundles
-    app = make_app(tmp_path / "ws", [b["a"]], login_max_per_user=3, login_max_per_ip=8)
+    app = make_app(tmp_path / "ws", [b["a"]], login_free_failures=2, login_max_per_ip=6)
     signup(app, "victim")
-    c = new_client(app)
+    c = new_client(app, client=("203.0.113.9", 4000))
     tok = csrf(c.get("/login").text)
 
-    def attempt(user: str, pw: str):  # type: ignore[no-untyped-def]
-        return c.post("/login", data={"csrf_token": tok, "username": user, "password": pw})
+    def attempt(client, user: str, pw: str):  # type: ignore[no-untyped-def]
+        return client.post("/login", data={"csrf_token": tok, "username": user, "password": pw})
 
-    assert [attempt("victim", "wrong-password-x").status_code for _ in range(3)] == [401] * 3
-    blocked = attempt("victim", PASSWORD)  # even the right password, until the window passes
-    assert blocked.status_code == 429 and "Too many login attempts" in blocked.text
-    assert int(blocked.headers["retry-after"]) > 0
-    assert attempt("VICTIM", PASSWORD).status_code == 429  # usernames are case-insensitive
-    # Per IP: attempts on many usernames from one address are capped as well.
-    codes = [attempt(f"nobody{i}", "wrong-password-x").status_code for i in range(6)]
-    assert codes[-1] == 429 and codes[0] == 401
+    assert [attempt(c, "victim", "wrong-password-x").status_code for _ in range(3)] == [401] * 3
+    blocked = attempt(c, "victim", PASSWORD)  # this client guessed: it waits, even when right
+    assert blocked.status_code == 429 and "Too many failed attempts" in blocked.text
+    assert int(blocked.headers["retry-after"]) >= 1
+    assert attempt(c, "VICTIM", PASSWORD).status_code == 429  # usernames are case-insensitive
+    other = new_client(app, client=("198.51.100.7", 4000))
+    tok2 = csrf(other.get("/login").text)
+    ok = other.post("/login", data={"csrf_token": tok2, "username": "victim", "password": PASSWORD})
+    assert ok.status_code == 303
+    # Per address: failures on many usernames from one address are capped as well.
+    codes = [attempt(c, f"nobody{i}", "wrong-password-x").status_code for i in range(5)]
+    assert codes[0] == 401 and codes[-1] == 429
     app.state.medlens.jobs.stop()
 
 
@@ -300,9 +313,9 @@ def test_text_file_named_png_and_other_junk_are_refused(env):
 def test_api_refuses_bad_uploads_with_reasons(env):
     api = new_client(env["app"], headers={"Authorization": f"Bearer {api_token(env['bob'])}"})
     r = api.post("/api/v1/predict", files={"file": ("x.png", b"plain text")})
-    assert r.status_code == 415 and "PNG, JPEG or DICOM" in r.json()["detail"]
+    assert r.status_code == 415 and "PNG, JPEG or DICOM" in r.json()["error"]["message"]
     r = api.post("/api/v1/predict", files={"file": ("b.png", png_bomb(12_000, 12_000))})
-    assert r.status_code == 413 and "megapixel" in r.json()["detail"]
+    assert r.status_code == 413 and "megapixel" in r.json()["error"]["message"]
 
 
 def test_dicom_identifiers_are_not_stored(env):

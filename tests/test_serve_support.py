@@ -25,7 +25,12 @@ PASSWORD = "correct horse battery staple"
 def make_app(workspace: Path, bundles: list[Path], **overrides: Any):  # type: ignore[no-untyped-def]
     from medlens.serve import ServeSettings, create_app
 
-    opts: dict[str, Any] = {"login_max_per_ip": 1000, "warm_explanations": False}
+    # Sign-up open: the tests make their users through the sign-up page (it is closed by default).
+    opts: dict[str, Any] = {
+        "login_max_per_ip": 1000,
+        "warm_explanations": False,
+        "signup_open": True,
+    }
     opts.update(overrides)
     return create_app(ServeSettings(bundles=bundles, workspace=workspace, **opts))
 
@@ -181,3 +186,80 @@ def app_routes() -> list[tuple[str, set[str]]]:
 
 def files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
+
+
+def small_pngs(n: int, size: int = 32, seed: int = 0) -> list[bytes]:
+    """``n`` distinct grey PNGs of ``size`` pixels (batch and queue tests)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def account_with_token(state, username: str = "batcher") -> tuple[Any, str]:  # type: ignore[no-untyped-def]
+    """A clinician account and an API token, made directly in the service's database."""
+    from medlens.serve import accounts
+
+    with state.db() as db:
+        user = accounts.create_user(db, username, PASSWORD, role=None, min_password_length=10)
+        _, token = accounts.create_api_token(db, user, "tests")
+    return user, token
+
+
+def queue_batch(state, user, pngs: list[bytes]) -> str:  # type: ignore[no-untyped-def]
+    """Queue a batch of PNGs for ``user`` through the intake path; the job id."""
+    from medlens.serve import batch
+    from medlens.serve.uploads import BatchEntry
+
+    entries = [BatchEntry(f"img{i:04d}.png", data) for i, data in enumerate(pngs)]
+    with state.db() as db:
+        db_user = db.merge(user)
+        job = batch.create_job(state, db, db_user, entries, next(iter(state.models)).key)
+        return job.id
+
+
+def job_audit(state, job_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """What happened to every file of a batch, and which workspace files no row refers to."""
+    from sqlalchemy import func, select
+
+    from medlens.serve.db import BatchItem, BatchJob, Result, StoredImage
+
+    ws = state.workspace
+    with state.db() as db:
+        job = db.get(BatchJob, job_id)
+        items = list(db.scalars(select(BatchItem).where(BatchItem.job_id == job_id)).unique())
+        results = db.scalars(select(Result.id).where(Result.batch_id == job_id)).all()
+        keys = set(db.scalars(select(StoredImage.storage_key)).all())
+        owners = set(db.scalars(select(StoredImage.id)).all()) | set(
+            db.scalars(select(Result.id)).all()
+        )
+        per_image = db.execute(
+            select(Result.image_id, func.count()).group_by(Result.image_id)
+        ).all()
+    on_disk = {f"{p.parent.name}/{p.name}" for p in ws.images.glob("*/*") if p.is_file()}
+    linked = [it.result_id for it in items if it.result_id is not None]
+    return {
+        "status": job.status,
+        "done": job.done,
+        "failed": job.failed,
+        "items": {it.status for it in items},
+        "n_items": len(items),
+        "with_result": sum(it.result_id is not None for it in items),
+        "with_error": sum(it.error is not None for it in items),
+        "results": len(results),
+        "distinct_results": len(set(results)),
+        "items_sharing_result": len(linked) - len(set(linked)),
+        "max_results_per_image": max((n for _, n in per_image), default=0),
+        "reclaimed": sum(it.attempts > 1 for it in items),
+        "orphan_images": sorted(on_disk - keys),
+        "orphan_derived": sorted(
+            p.name for p in ws.derived.iterdir() if p.is_dir() and p.name not in owners
+        ),
+        "staged_left": sorted(str(p) for p in ws.staging.rglob("*") if p.is_file()),
+        "partials": sorted(str(p) for p in ws.root.rglob(".part-*")),
+    }

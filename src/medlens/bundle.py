@@ -8,6 +8,10 @@ A bundle is a directory::
                         images, how many, from where), intended use, creation time
     recipe.yaml         the recipe it was trained from
     metrics.json        held-out test metrics (added after evaluation)
+    calibration.json, policy.json   temperature and decision thresholds (fitted on validation)
+    gate.json, gate.safetensors     the input gate (see :mod:`medlens.trust_state`)
+    conformal.json      class-conditional conformal prediction sets
+    explanations.json   heatmap localisation evidence, when the test split had lesion masks
     SHA256SUMS          sha256 and size of every other file
 
 :func:`load_bundle` checks every hash and size before reading anything and refuses a bundle with a

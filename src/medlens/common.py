@@ -1,4 +1,5 @@
-"""Small rules every layer needs, in one home: file hashes, JSON-safe values, pixels → [0, 1].
+"""Small rules every layer needs, in one home: file hashes, JSON-safe values, pixels → [0, 1],
+and how a probability is written for a person.
 
 This module sits below ``data``: it imports nothing from medlens, so any layer may use it without
 an arrow pointing back up the data → preprocess → models → … flow.
@@ -81,3 +82,38 @@ def rescale_to_unit(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return np.zeros(a.shape, dtype=np.float32)
     return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def pct(p: float | None, decimals: int = 0) -> str:
+    """A probability as a percentage that never claims a certainty the model did not give.
+
+    ``0.42`` → ``"42%"``; ``0.996`` → ``">99%"`` (``">99.9%"`` with one decimal); ``0.001`` →
+    ``"<1%"``; exactly 1 or 0 print as ``"100%"`` / ``"0%"``; None or NaN → ``"n/a"``. A 99.6 %
+    bar beside a "100 %" headline reads as a contradiction, and as a certainty.
+    """
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    text = f"{100 * p:.{decimals}f}"
+    step = 10.0**-decimals
+    if p < 1 and float(text) >= 100:
+        return f">{100 - step:.{decimals}f}%"
+    if p > 0 and float(text) <= 0:
+        return f"<{step:.{decimals}f}%"
+    return f"{text}%"
+
+
+def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D array to ``shape`` (rows, cols), pixel centres mapped.
+
+    One rule for masks read at an image's size and masks carried through preprocessing, so a mask
+    lands on the same pixels whichever path brought it.
+    """
+    rows, cols = int(shape[0]), int(shape[1])
+    if rows <= 0 or cols <= 0:
+        raise ValueError(f"shape must be two positive integers, got {shape!r}")
+    h, w = mask.shape
+    if (h, w) == (rows, cols):
+        return mask
+    ri = np.minimum(((np.arange(rows) + 0.5) * h / rows).astype(np.intp), h - 1)
+    ci = np.minimum(((np.arange(cols) + 0.5) * w / cols).astype(np.intp), w - 1)
+    return mask[ri[:, None], ci[None, :]]

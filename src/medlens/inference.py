@@ -18,9 +18,8 @@ whichever modalities are there.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,27 +27,42 @@ import numpy as np
 
 from medlens.bundle import DEMO_NOTICE, Bundle, load_bundle
 from medlens.common import to_unit_range
-from medlens.data.io import UPLOAD_FORMATS, ImageFormat, LoadedImage, is_supported, read_image
+from medlens.data.io import (
+    UPLOAD_FORMATS,
+    ImageFormat,
+    LoadedImage,
+    decoded_stats,
+    is_supported,
+    read_image,
+)
 from medlens.data.io import detect_format as _detect_format
 from medlens.errors import ImageReadError, MedlensError
 from medlens.evaluate.calibration import softmax
+from medlens.evaluate.gate import acquisition_properties, check_gradable
 from medlens.evaluate.policy import DecisionPolicy
+from medlens.prediction import (
+    DISCLAIMER,
+    NOT_ASSESSED,
+    Prediction,
+    write_predictions_csv,
+)
 from medlens.preprocess import Pipeline, PreprocessResult
+from medlens.trust_state import TrustState, load_trust
 
 if TYPE_CHECKING:
     from medlens.models.registry import ModelInfo
 
-DISCLAIMER = "Decision support only, not a diagnosis: a clinician reviews the image and decides."
-
 __all__ = [
     "DEMO_NOTICE",
     "DISCLAIMER",
+    "NOT_ASSESSED",
     "UPLOAD_FORMATS",
     "ImageFormat",
     "ImageReadError",
     "LoadedImage",
     "Prediction",
     "Predictor",
+    "TrustState",
     "as_float_image",
     "decode_image",
     "detect_format",
@@ -58,44 +72,13 @@ __all__ = [
 
 
 @dataclass
-class Prediction:
-    label: str
-    index: int
-    probabilities: dict[str, float]
-    model: str
-    bundle_sha256: str
-    preprocess_info: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None
-    disclaimer: str = DISCLAIMER
-    logits: list[float] = field(default_factory=list)
-    calibrated: bool = False
-    decision: str | None = None  # the decision policy's class (None: bundle has no policy)
-    decision_threshold: float | None = None  # the threshold that fired (None: fallback)
-    decision_rule: str = "argmax"
-    heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # other heads' outputs
-    modalities_used: list[str] | None = None  # fusion: the modalities this prediction used
+class _Item:
+    """One input on its way through :meth:`Predictor._run`: the model's view (None when the
+    image is ungradable) and what the input gate needs of the decoded (main) image."""
 
-    @property
-    def confidence(self) -> float:
-        return self.probabilities[self.label]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "label": self.label,
-            "confidence": self.confidence,
-            "probabilities": self.probabilities,
-            "model": self.model,
-            "bundle_sha256": self.bundle_sha256,
-            "calibrated": self.calibrated,
-            "decision": self.decision or self.label,
-            "decision_rule": self.decision_rule,
-            "decision_threshold": self.decision_threshold,
-            "preprocess_info": self.preprocess_info,
-            "heads": self.heads,
-            "modalities_used": self.modalities_used,
-            "disclaimer": self.disclaimer,
-        }
+    pre: Any
+    unit: np.ndarray | None  # the loader's [0, 1] array of the (main) image
+    reason: str | None = None  # why it cannot be graded
 
 
 def as_float_image(image: np.ndarray) -> np.ndarray:
@@ -118,12 +101,22 @@ def as_float_image(image: np.ndarray) -> np.ndarray:
 class Predictor:
     """Load once, predict many: ``Predictor.from_bundle(path).predict("image.png")``."""
 
-    def __init__(self, bundle: Bundle, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "cpu",
+        engine: str | None = None,
+        threads: int | None = None,
+    ) -> None:
         import torch
+
+        from medlens.engines import make_engine
 
         self.bundle = bundle
         self.device = torch.device(device)
-        self.model = bundle.build_model().to(self.device)
+        # Eager torch or the bundle's verified ONNX graph ("auto" by default, see
+        # medlens.engines); under ONNX the torch model is built only when a heatmap needs it.
+        self.engine = make_engine(bundle, engine, device, threads)
         self.pipeline = Pipeline.from_config(bundle.meta["preprocess"])
         if self.pipeline.fingerprint() != bundle.meta.get("preprocess_fingerprint"):
             raise MedlensError(
@@ -143,11 +136,26 @@ class Predictor:
         mods = bundle.meta.get("modalities")
         self.modalities: dict[str, str] | None = dict(mods) if mods else None
         self.head_specs: dict[str, dict[str, Any]] = dict(bundle.meta["task"].get("heads") or {})
-        self.primary = getattr(self.model, "primary", None)
+        self.primary = self.engine.primary
+        # Input gate, conformal sets and heatmap evidence (absent in bundles made before them).
+        self.trust: TrustState = load_trust(bundle)
+        self.gate = self.trust.gate
+        self.sets = self.trust.sets
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str = "cpu") -> Predictor:
-        return cls(load_bundle(path), device)
+    def from_bundle(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        engine: str | None = None,
+        threads: int | None = None,
+    ) -> Predictor:
+        return cls(load_bundle(path), device, engine, threads)
+
+    @property
+    def model(self) -> Any:
+        """The eager torch model (heatmaps, members); built on first use under ONNX."""
+        return self.engine.model
 
     @property
     def model_name(self) -> str:
@@ -159,12 +167,15 @@ class Predictor:
         inputs and whether a heatmap layer exists - asked, never guessed from the name."""
         from medlens.models.registry import model_info
 
+        if self.engine.name != "torch":  # no need to build the torch model to know its kind
+            return model_info(str(self.bundle.meta["model"]["name"]), strict=False)
         return model_info(self.model)
 
     def warm_up(self) -> None:
-        """One prediction on a blank image, so the first real request does not pay for lazy
-        library set-up (thread pools, kernels, allocator)."""
-        self.predict(np.zeros((64, 64), dtype=np.float32))
+        """One prediction on a textured image, so the first real request does not pay for lazy
+        library set-up (thread pools, kernels, allocator). Not a blank image: the input check
+        would refuse it before the network ran."""
+        self.predict(np.random.default_rng(0).random((64, 64)).astype(np.float32))
 
     def view(self, image: np.ndarray | str | Path | LoadedImage) -> PreprocessResult:
         """The model's view of one image (its preprocessing replayed); a fusion model's view of
@@ -195,6 +206,53 @@ class Predictor:
         )
         cam = explain(self.model, x, method, target_class)
         return overlay(pre.display, cam, colormap="jet", alpha=0.4)
+
+    def modality_heatmaps(
+        self,
+        pre: dict[str, PreprocessResult | None],
+        method: str,
+        target_class: int | None,
+        maps: bool = True,
+    ) -> dict[str, Any]:
+        """A fusion model's heatmap per modality for the *fused* decision, and each modality's
+        contribution (the drop in ``target_class``'s calibrated probability when it is withheld).
+
+        ``pre``: :meth:`preprocess` of a fusion input. Returns ``{"target_class", "probability",
+        "method", "modalities": {m: {"given", "overlay" (uint8 H x W x 3 or None), "cam" (the map,
+        H x W in [0, 1], or None), "contribution", "probability_without", "layer", "note"}}}`` (see
+        :mod:`medlens.explain.modalities`). ``maps=False``: the contributions only (forward
+        passes, no CAM), e.g. when the overlays are already cached.
+        """
+        info = self.model_info
+        if info.cam != "modalities" or not isinstance(pre, dict):
+            raise MedlensError(f"no per-modality heatmaps for this model (kind {info.kind})")
+        import torch
+
+        from medlens.explain import overlay
+        from medlens.explain.modalities import explain_modalities
+
+        inputs = {
+            m: None
+            if p is None
+            else torch.as_tensor(np.ascontiguousarray(p.image[None]), device=self.device)
+            for m, p in pre.items()
+        }
+        res = explain_modalities(
+            self.model, inputs, method, target_class, temperature=self.temperature, maps=maps
+        )
+        mods: dict[str, dict[str, Any]] = {}
+        for m, e in res.modalities.items():
+            p = pre.get(m)
+            shown = None
+            if e.cam is not None and p is not None:
+                shown = overlay(p.display, e.cam, colormap="jet", alpha=0.4)
+            mods[m] = {**e.summary(), "overlay": shown, "cam": e.cam}
+        return {
+            "target_class": res.target_class,
+            "probability": res.probability,
+            "method": res.method,
+            "modalities": mods,
+        }
 
     def test_figures(self) -> list[tuple[str, str]]:
         """The bundle's held-out test figures (``metrics.json``) as ``(name, "0.912 [0.871–0.948]")``
@@ -227,15 +285,58 @@ class Predictor:
         return self._preprocess_one(image)
 
     def _preprocess_one(self, image: Any) -> PreprocessResult:
+        return self.pipeline(self.load(image).array)
+
+    @staticmethod
+    def load(image: Any) -> LoadedImage:
+        """Any accepted input as a :class:`LoadedImage` whose ``decoded`` figures describe the
+        pixels as given (an array's own values, before [0, 1] scaling hides NaN or flatness)."""
         if hasattr(image, "load") and not isinstance(image, np.ndarray):
             image = image.load()
         if isinstance(image, str | Path):
             image = read_image(image)
         if isinstance(image, LoadedImage):
-            image = image.array
-        return self.pipeline(as_float_image(image))
+            return image
+        raw = np.asarray(image)
+        if raw.ndim == 3 and raw.shape[2] == 4:
+            raw = raw[:, :, :3]
+        finite = raw if raw.dtype.kind != "f" else np.where(np.isfinite(raw), raw, 0)
+        unit = as_float_image(finite)  # non-finite values: recorded in decoded, refused there
+        safe = np.nan_to_num(unit, nan=0.0, posinf=1.0, neginf=0.0)
+        return LoadedImage(
+            safe, "array", str(raw.dtype), raw.dtype.itemsize * 8, {}, decoded_stats(raw)
+        )
 
-    def _preprocess_modalities(self, item: Any) -> dict[str, PreprocessResult | None]:
+    def _prepare(self, image: Any) -> _Item:
+        """Load, check gradability on the decoded data (before normalisation), preprocess."""
+        if self.modalities is not None:
+            return self._prepare_modalities(image)
+        loaded = self.load(image)
+        why = check_gradable(loaded.decoded, self.min_size, unit_array=loaded.array)
+        if why:
+            return _Item(None, loaded.array, why)
+        return _Item(self.pipeline(loaded.array), loaded.array)
+
+    def _prepare_modalities(self, item: Any) -> _Item:
+        """A fusion input: the main modality (when given) is checked and gated."""
+        assert self.modalities is not None
+        main = next(iter(self.modalities))
+        given = self._given(item)
+        unit = None
+        if given.get(main) is not None:
+            loaded = self.load(given[main])
+            why = check_gradable(loaded.decoded, self.min_size, unit_array=loaded.array)
+            if why:
+                return _Item(None, loaded.array, why)
+            given[main], unit = loaded, loaded.array
+        return _Item(self._preprocess_modalities(given), unit)
+
+    @property
+    def min_size(self) -> int:
+        """Smallest side an image may have (the gate's, else the lenient default of 16)."""
+        return self.gate.min_size if self.gate is not None else 16
+
+    def _given(self, item: Any) -> dict[str, Any]:
         assert self.modalities is not None
         names = list(self.modalities)
         if hasattr(item, "get") and hasattr(item, "path") and not isinstance(item, dict):
@@ -249,6 +350,12 @@ class Predictor:
             given = dict(item)
         else:
             given = {names[0]: item}  # a single image is the main modality
+        return given
+
+    def _preprocess_modalities(self, item: Any) -> dict[str, PreprocessResult | None]:
+        assert self.modalities is not None
+        names = list(self.modalities)
+        given = self._given(item)
         out = {m: None if given.get(m) is None else self._preprocess_one(given[m]) for m in names}
         if all(v is None for v in out.values()):
             raise MedlensError(f"no image given: this model takes one or more of {names}")
@@ -279,28 +386,8 @@ class Predictor:
 
     def outputs(self, batch: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Primary logits and every other head's raw output for a preprocessed batch."""
-        import torch
-
-        def t(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=self.device)
-
-        with torch.inference_mode():
-            if isinstance(batch, tuple):
-                arrays, present = batch
-                x = {m: None if a is None else t(a) for m, a in arrays.items()}
-                mask = {m: torch.as_tensor(v, device=self.device) for m, v in present.items()}
-                out = self.model(x, mask)
-            else:
-                out = self.model(t(batch))
-        if isinstance(out, dict):
-            primary = out[self.primary or "class"]
-            extras = {
-                k: v.float().cpu().numpy().astype(np.float64)
-                for k, v in out.items()
-                if k != (self.primary or "class")
-            }
-            return primary.float().cpu().numpy().astype(np.float64), extras
-        return out.float().cpu().numpy().astype(np.float64), {}
+        logits, _, extras = self.engine.run(batch)
+        return logits, extras
 
     def logits_tensor(self, batch: Any) -> np.ndarray:
         """Raw (primary-head) logits for an ``N x C x H x W`` batch of preprocessed arrays."""
@@ -332,29 +419,81 @@ class Predictor:
         """Calibrated probabilities for an ``N x C x H x W`` batch of preprocessed arrays."""
         return self.probabilities(self.logits_tensor(batch))
 
-    def _result(
-        self,
-        logits: np.ndarray,
-        info: dict[str, Any],
-        source: str | None,
-        heads: dict[str, dict[str, Any]] | None = None,
-    ) -> Prediction:
+    def forward(self, batch: Any) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """One forward pass: primary logits, the other heads' outputs and the features the input
+        gate scores (pooled penultimate features; the logits for a model without a hookable
+        classifier, e.g. classical models and ensembles)."""
+        logits, feats, extras = self.engine.run(batch)  # torch or ONNX (medlens.engines)
+        return logits, extras, feats
+
+    def _run(self, items: Sequence[_Item]) -> list[dict[str, Any]]:
+        """The forward pass over the gradable items of one batch; per item its logits, head
+        outputs, features and acquisition properties ({} for an ungradable item)."""
+        live = [j for j, it in enumerate(items) if it.pre is not None]
+        out: list[dict[str, Any]] = [{} for _ in items]
+        if not live:
+            return out
+        logits, extras, feats = self.forward(self._stack([items[j].pre for j in live]))
+        for n, j in enumerate(live):
+            pre = items[j].pre
+            view = pre.get(next(iter(pre))) if isinstance(pre, dict) else pre
+            acq = None
+            if view is not None and items[j].unit is not None:
+                acq = acquisition_properties(view.image, items[j].unit)
+            out[j] = {
+                "logits": logits[n],
+                "heads": self._head_outputs(extras, n),
+                "features": feats[n],
+                "acquisition": acq,
+            }
+        return out
+
+    def _result(self, item: _Item, run: dict[str, Any], source: str | None) -> Prediction:
+        """The prediction of one item: not assessed when ungradable or out of distribution."""
+        base = {"model": self.model_name, "bundle_sha256": self._sha, "source": source}
+        if item.reason is not None:  # ungradable: the network was not run
+            return Prediction(
+                "", -1, {}, **base, status="ungradable", reason=item.reason,
+                decision_rule=NOT_ASSESSED, calibrated=self.temperature != 1.0,
+            )  # fmt: skip
+        logits = run["logits"]
+        info = self._info(item.pre)
         probs = self.probabilities(logits[None])[0]
         i = int(np.argmax(probs))
+        probabilities = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
         pred = Prediction(
             label=self.classes[i],
             index=i,
-            probabilities={c: float(p) for c, p in zip(self.classes, probs, strict=True)},
-            model=self.model_name,
-            bundle_sha256=self._sha,
+            probabilities=probabilities,
             preprocess_info=info,
-            source=source,
             logits=[float(v) for v in logits],
             calibrated=self.temperature != 1.0,
-            heads=heads or {},
+            heads=run["heads"],
+            **base,
         )
         if isinstance(info, dict) and self.modalities is not None:
             pred.modalities_used = [m for m in self.modalities if m in info]
+        if self.gate is not None and run["acquisition"] is not None:
+            verdict = self.gate.assess(None, run["features"], run["acquisition"])
+            pred.gate = {
+                "score": verdict.score,
+                "threshold": verdict.threshold,
+                "details": verdict.details,
+            }
+            if not verdict.assessed:
+                pred.status, pred.reason = verdict.status, verdict.reason
+                pred.details = {
+                    "most_probable": pred.label,
+                    "probabilities": probabilities,
+                    "heads": pred.heads,
+                }
+                pred.label, pred.index, pred.probabilities = "", -1, {}
+                pred.heads, pred.decision_rule = {}, NOT_ASSESSED
+                return pred
+        if self.sets is not None:
+            members = self.sets.predict_sets(probs[None])[0]
+            pred.prediction_set = [self.classes[k] for k in sorted(members)]
+            pred.uncertain = len(members) != 1
         if self.policy is not None:
             dec, fired = self.policy.decide(probs[None])
             pred.decision = self.classes[int(dec[0])]
@@ -364,38 +503,61 @@ class Predictor:
         return pred
 
     def predict(self, image: np.ndarray | str | Path | LoadedImage | dict[str, Any]) -> Prediction:
-        pre = self.preprocess(image)
-        logits, extras = self.outputs(self._stack([pre]))
+        """One image: input check, the bundle's preprocessing, one forward pass, gate, sets,
+        policy. Raises :class:`MedlensError` when the input cannot be read at all."""
+        item = self._prepare(image)
         src = str(image) if isinstance(image, str | Path) else None
-        return self._result(logits[0], self._info(pre), src, self._head_outputs(extras, 0))
+        return self._result(item, self._run([item])[0], src)
 
     def predict_many(
         self,
-        images: Sequence[np.ndarray | str | Path | LoadedImage],
+        images: Sequence[Any],
         batch_size: int = 32,
         progress: bool = False,
     ) -> list[Prediction | MedlensError]:
-        """Predict in batches; an unreadable input yields its error in place of a result."""
-        out: list[Prediction | MedlensError] = []
-        chunks = range(0, len(images), batch_size)
-        for start in _track(chunks, "Predicting", progress):
-            pres: list[tuple[int, Any]] = []
-            results: list[Prediction | MedlensError | None] = []
-            for j, img in enumerate(images[start : start + batch_size]):
+        """Predict in batches, exactly as :meth:`predict` does one image; an unreadable input
+        yields its error in place of a result."""
+        return [r for r, _ in self._predict_batches(images, batch_size, progress)]
+
+    def _predict_batches(
+        self, images: Sequence[Any], batch_size: int, progress: bool
+    ) -> list[tuple[Prediction | MedlensError, dict[str, Any]]]:
+        out: list[tuple[Prediction | MedlensError, dict[str, Any]]] = []
+        for start in _track(range(0, len(images), batch_size), "Predicting", progress):
+            chunk = images[start : start + batch_size]
+            items: list[_Item | MedlensError] = []
+            for img in chunk:
                 try:
-                    pres.append((j, self.preprocess(img)))
-                    results.append(None)
+                    items.append(self._prepare(img))
                 except MedlensError as exc:
-                    results.append(exc)
-            if pres:
-                logits, extras = self.outputs(self._stack([p for _, p in pres]))
-                for n, ((j, pre), pr) in enumerate(zip(pres, logits, strict=True)):
-                    img = images[start + j]
-                    src = str(img) if isinstance(img, str | Path) else None
-                    heads = self._head_outputs(extras, n)
-                    results[j] = self._result(pr, self._info(pre), src, heads)
-            out.extend(r for r in results if r is not None)
+                    items.append(exc)
+            ok = [it for it in items if isinstance(it, _Item)]
+            runs = iter(self._run(ok))
+            for img, it in zip(chunk, items, strict=True):
+                if isinstance(it, MedlensError):
+                    out.append((it, {}))
+                    continue
+                run = next(runs)
+                src = str(img) if isinstance(img, str | Path) else None
+                out.append((self._result(it, run, src), run))
         return out
+
+    def embed(
+        self, images: Sequence[Any], batch_size: int = 32, progress: bool = False
+    ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        """What the input gate is fitted on, through the very path :meth:`predict_many` takes:
+        ``(indices of the gradable, readable inputs, features, logits, acquisition properties)``.
+        """
+        keep, feats, logits, acq = [], [], [], []
+        for i, (r, run) in enumerate(self._predict_batches(images, batch_size, progress)):
+            if isinstance(r, Prediction) and run and run["acquisition"] is not None:
+                keep.append(i)
+                feats.append(run["features"])
+                logits.append(run["logits"])
+                acq.append(run["acquisition"])
+        if not keep:
+            return [], np.zeros((0, 0)), np.zeros((0, len(self.classes))), np.zeros((0, 0))
+        return keep, np.stack(feats), np.stack(logits), np.stack(acq)
 
     def predict_folder(
         self,
@@ -433,56 +595,6 @@ def detect_format(head: bytes, name: str | None = None) -> str | None:
     """The format a file's first bytes announce (``"png"``, ``"jpeg"``, ``"dicom"``, ...), or
     None when no reader recognises them. Content decides; ``name`` only breaks ties."""
     return _detect_format(head, name)
-
-
-def write_predictions_csv(
-    results: Sequence[Prediction | MedlensError],
-    sources: Sequence[str | Path],
-    classes: Sequence[str],
-    path: Path,
-) -> None:
-    """One row per input, paths in full: the policy's decision first (what the page and the API
-    show), the threshold that fired (empty: argmax), the most probable class and its calibrated
-    probability, each class's probability, and ``status``/``reason``/``prediction_set`` when
-    predictions carry them. An unreadable input keeps its row, with the reason in ``error``."""
-    preds = [r for r in results if isinstance(r, Prediction)]
-    optional = [a for a in _OPTIONAL_COLUMNS if any(getattr(r, a, None) is not None for r in preds)]
-
-    def cell(v: Any) -> str:
-        if v is None:
-            return ""
-        return " ".join(map(str, v)) if isinstance(v, list | tuple | set | frozenset) else str(v)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        head = ["path", "decision", "decision_rule", "decision_threshold", "most_probable"]
-        tail = ["calibrated", "model", "error"]
-        w.writerow([*head, "probability", *[f"p_{c}" for c in classes], *optional, *tail])
-        for src, r in zip(sources, results, strict=True):
-            if isinstance(r, Prediction):
-                thr = r.decision_threshold
-                w.writerow(
-                    [
-                        src,
-                        r.decision or r.label,
-                        r.decision_rule,
-                        "" if thr is None else f"{thr:.6f}",
-                        r.label,
-                        f"{r.confidence:.6f}",
-                        *[f"{r.probabilities[c]:.6f}" for c in classes],
-                        *[cell(getattr(r, a, None)) for a in optional],
-                        str(r.calibrated).lower(),
-                        r.model,
-                        "",
-                    ]
-                )
-            else:
-                w.writerow([src, *[""] * (7 + len(classes) + len(optional)), str(r)])
-
-
-# Columns a prediction gains from later features (input gate, conformal sets) when it has them.
-_OPTIONAL_COLUMNS = ("status", "reason", "prediction_set")
 
 
 def _track(items: Iterable, label: str, enabled: bool) -> Iterable:

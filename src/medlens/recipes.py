@@ -157,11 +157,17 @@ class SplitConfig(_Strict):
         True, description="keep exact and near copies of an image in one split (and check it)"
     )
     copy_threshold: int = Field(
-        4,
+        12,
         ge=0,
         le=40,
-        description="perceptual-hash distance (of 128 bits) under which two images are copies; "
-        "`medlens audit` reports looser look-alikes",
+        description="perceptual-hash distance under which two images are copy *candidates* "
+        "(the audit's default): a candidate is a near-identical copy only when its fine detail "
+        "matches too, so training and `medlens audit` share one definition of a copy",
+    )
+    group_lookalikes: bool | Literal["auto"] = Field(
+        "auto",
+        description="also keep the audit's look-alikes (adjacent slices, frames of one sweep) in "
+        "one split, in bounded groups; auto: when the data carry no patient ids",
     )
     allow_leakage: bool = Field(
         False, description="train even when copies or patients cross splits (the report says so)"
@@ -250,6 +256,12 @@ class AugmentConfig(_Strict):
     translate: float = Field(0.04, ge=0, le=0.3)
     brightness: float = Field(0.1, ge=0, le=1)
     contrast: float = Field(0.1, ge=0, le=1)
+    # Acquisition randomisers (shortcut neutralisation, see medlens.train.dataset.Augment):
+    jpeg: float = Field(0.0, ge=0, le=1, description="probability of JPEG re-encoding")
+    jpeg_quality: tuple[int, int] = (30, 95)
+    gamma: float = Field(0.0, ge=0, le=1, description="gamma = exp(U(-g, g))")
+    blur: float = Field(0.0, ge=0, le=5, description="max Gaussian sigma (pixels), half the images")
+    colour_jitter: float = Field(0.0, ge=0, le=1, description="per-channel gain and saturation")
 
 
 class TrainConfig(_Strict):
@@ -285,6 +297,11 @@ class EvaluateConfig(_Strict):
     calibration_bins: int = Field(15, ge=2)
     borderline_margin: float = Field(0.05, ge=0, lt=0.5, description="worklist: |p - threshold|")
     confident_wrong: float = Field(0.95, gt=0.5, le=1, description="worklist: wrong with p >= this")
+    coverage: float = Field(0.9, gt=0, lt=1, description="conformal prediction sets: coverage")
+    gate_min_size: int = Field(16, ge=1, description="input gate: smallest image side accepted")
+    shortcut_check: bool = Field(
+        False, description="report the shortcut probe before/after preprocessing and cue tests"
+    )
 
 
 class ExplainConfig(_Strict):

@@ -18,7 +18,8 @@ import numpy as np
 
 from medlens.bundle import add_file, save_bundle
 from medlens.common import json_safe
-from medlens.data.manifest import Manifest, Sample, load_manifest
+from medlens.data.manifest import Manifest, Sample
+from medlens.data.sources import ensure_phantoms, recipe_manifest  # noqa: F401  (re-exported)
 from medlens.data.splits import Splits, load_or_make_splits
 from medlens.errors import DataError
 from medlens.evaluate.heldout import Scores, evaluate_test, fit_on_validation
@@ -27,6 +28,8 @@ from medlens.evaluate.report import render_report
 from medlens.inference import Prediction, Predictor
 from medlens.models import model_info
 from medlens.recipes import Recipe
+from medlens.trust_fit import fit_gate, fit_sets, test_outcomes
+from medlens.trust_state import write_trust
 
 log = logging.getLogger(__name__)
 
@@ -46,31 +49,6 @@ class RunResult:
     mlflow_run_id: str | None = None
 
 
-def ensure_phantoms(recipe: Recipe, root: Path) -> Path:
-    """Generate the recipe's phantom data set once (deterministic; reused when present)."""
-    from medlens.data.phantoms import generate_phantoms
-
-    ph = recipe.data.phantoms
-    out = root / f"phantoms_{ph.kind}_n{ph.n}_s{ph.size}_seed{ph.seed}"
-    manifest = out / "manifest.csv"
-    stamp = out / "params.json"
-    params = {"kind": ph.kind, "n": ph.n, "size": ph.size, "seed": ph.seed}
-    if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == params:
-        return manifest
-    generate_phantoms(ph.kind, out, n=ph.n, size=ph.size, seed=ph.seed)
-    stamp.write_text(json.dumps(params))
-    return manifest
-
-
-def recipe_manifest(recipe: Recipe, data: str | Path | None, work_dir: Path) -> Manifest:
-    path = recipe.data_path(data)
-    if recipe.data.source == "phantoms" and data is None:
-        path = ensure_phantoms(recipe, work_dir / "data")
-    return load_manifest(
-        recipe.data, path, recipe.task.classes, recipe.extra_columns(), recipe.path_columns()
-    )
-
-
 def collect_scores(
     predictor: Predictor,
     samples: list[Sample],
@@ -78,7 +56,10 @@ def collect_scores(
     batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[Scores, list[Prediction], dict[str, str]]:
-    """Logits of every readable sample through the predictor; unreadable ones are reported."""
+    """Logits of every readable, gradable sample through the predictor; unreadable and
+    ungradable ones (``"ungradable: <why>"``) are reported. Images the input gate finds out of
+    distribution keep their logits: the figures cover every gradable image, and the gate's
+    outcomes are reported beside them (:func:`medlens.trust_fit.test_outcomes`)."""
     if list(predictor.classes) != list(classes):
         raise DataError(f"the data's classes {classes} differ from the model's {predictor.classes}")
     results = predictor.predict_many(samples, batch_size, progress)
@@ -87,7 +68,9 @@ def collect_scores(
     errors: dict[str, str] = {}
     idx = {c: i for i, c in enumerate(classes)}
     for s, r in zip(samples, results, strict=True):
-        if isinstance(r, Prediction):
+        if isinstance(r, Prediction) and r.status == "ungradable":
+            errors[s.uid] = f"ungradable: {r.reason}"
+        elif isinstance(r, Prediction):
             r.source = s.uid
             preds.append(r)
             y.append(idx[s.label])  # type: ignore[index]
@@ -125,18 +108,19 @@ def leakage_checked_splits(
     cross train/val/test, and training stops with the counts and example paths unless the recipe
     sets ``split.allow_leakage`` — then the run's report records the override.
     """
-    from medlens.data.audit import duplicate_groups, split_leakage
+    from medlens.data.audit import split_leakage
+    from medlens.data.splits import split_grouping
 
     cfg = recipe.split
-    copies = None
-    if cfg.group_copies:
-        copies = duplicate_groups(manifest, near_threshold=cfg.copy_threshold, progress=progress)
-    splits, reused = load_or_make_splits(manifest, cfg, run_dir / "splits.csv", copies=copies)
-    leak = split_leakage(manifest, splits, copies=copies or {}, near_threshold=cfg.copy_threshold)
+    grouping = split_grouping(manifest, cfg, progress=progress)  # the audit's tiers, one rule
+    groups, copies = (grouping.groups, grouping.copies) if grouping else (None, {})
+    splits, reused = load_or_make_splits(manifest, cfg, run_dir / "splits.csv", copies=groups)
+    leak = split_leakage(manifest, splits, copies=copies, near_threshold=cfg.copy_threshold)
     info: dict[str, Any] = {
         "checked": True,
         "ok": leak.ok,
-        "copy_groups": len(set((copies or {}).values())),
+        "copy_groups": len(set(copies.values())),
+        "grouping": grouping.info if grouping else None,
     }
     if not leak.ok:
         if not cfg.allow_leakage:
@@ -166,12 +150,11 @@ def explain_section(
     from medlens.explain import evaluate_explanations, explain_images, explanation_section_html
 
     info = model_info(predictor.model)
+    if info.cam == "modalities":
+        _explain_modalities(predictor, test, recipe, run_dir)
+        return
     if info.inputs != "image":
-        _no_explanations(
-            run_dir,
-            "Not computed: class activation maps of a multi-input (fusion) model are not "
-            "defined by the CAM library; explain each modality's single-input model instead.",
-        )
+        _no_explanations(run_dir, f"Not computed: no heatmap rule for a {info.kind} model.")
         return
     if not info.explainable:
         what = "a HOG + classical model" if info.kind == "classical" else f"a {info.kind} model"
@@ -206,6 +189,32 @@ def explain_section(
     )
     records = explain_images(predictor, paths, cfg.methods[-1], out / "overlays", masks)
     (out / "section.html").write_text(explanation_section_html(records, summary))
+    (run_dir / "explanations.json").write_text(
+        json.dumps(json_safe(summary), indent=2, default=str)
+    )
+
+
+def _explain_modalities(
+    predictor: Predictor, test: list[Sample], recipe: Recipe, run_dir: Path
+) -> None:
+    """A fusion model: per test case one heatmap per modality for the fused decision and each
+    modality's contribution; localisation per modality on cases with lesion masks (preferred
+    when the split has them)."""
+    from medlens.explain.modality_report import explain_fusion_cases, fusion_section_html
+
+    cfg = recipe.explain
+    masked = [s for s in test if s.mask_path]
+    cases = (masked or test)[: cfg.max_images]
+    out = run_dir / "explanations"
+    if not cases:
+        _no_explanations(run_dir, "No test cases: nothing to explain.")
+        return
+    log.info("explaining %d fusion test cases per modality (%s)", len(cases), cfg.methods[-1])
+    summary = explain_fusion_cases(
+        predictor, cases, cfg.methods[-1], out / "overlays", n_bootstrap=cfg.n_bootstrap
+    )
+    out.mkdir(exist_ok=True)
+    (out / "section.html").write_text(fusion_section_html(summary))
     (run_dir / "explanations.json").write_text(
         json.dumps(json_safe(summary), indent=2, default=str)
     )
@@ -279,16 +288,17 @@ def other_outputs(
     if recipe.task.heads and preds:
         samples = [by_uid[p.source or ""] for p in preds]
         targets = head_targets(recipe, samples)
+        # Like the class head, the figures cover every gradable image: an image the gate held
+        # back keeps its raw head outputs in ``details``.
+        heads = [p.heads or (p.details or {}).get("heads") or {} for p in preds]
         outputs: dict[str, np.ndarray] = {}
         specs = {h: c.model_dump(mode="json") for h, c in recipe.task.heads.items()}
         for h, c in recipe.task.heads.items():
             if c.type == "regression":
-                outputs[h] = np.array([p.heads[h]["value"] for p in preds])
+                outputs[h] = np.array([ph[h]["value"] for ph in heads])
             else:
                 names = c.classes or [str(i) for i in range(c.num_classes or 0)]
-                outputs[h] = np.array(
-                    [[p.heads[h]["probabilities"][n] for n in names] for p in preds]
-                )
+                outputs[h] = np.array([[ph[h]["probabilities"][n] for n in names] for ph in heads])
         out["heads"] = head_metrics(specs, outputs, targets, n_bootstrap, seed, alpha)
     model = predictor.model
     kind = model_info(model).kind
@@ -341,8 +351,10 @@ def run_recipe(
     progress: bool = True,
     fresh: bool = False,
     track: bool = True,
+    export_onnx: bool = True,
 ) -> RunResult:
-    """Train, bundle and evaluate a recipe into ``out_dir/<recipe name>``."""
+    """Train, bundle and evaluate a recipe into ``out_dir/<recipe name>``; ``export_onnx``
+    adds the FP32 ONNX graph checked on the validation split (or a record of why not)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir).expanduser().resolve()
     run_dir = out_dir / recipe.name
@@ -404,6 +416,19 @@ def run_recipe(
             bundle_dir, "policy.json", json.dumps(json_safe(fitted.policy.to_dict()), indent=2)
         )
     predictor = Predictor.from_bundle(bundle_dir)
+    gate = fit_gate(
+        predictor,
+        splits.samples(manifest, "train"),
+        val,
+        classes,
+        min_size=ev.gate_min_size,
+        batch_size=ev.batch_size,
+        seed=recipe.split.seed,
+        progress=progress,
+    )
+    sets = fit_sets(predictor, val_scores.logits, val_scores.y, ev.coverage)
+    write_trust(bundle_dir, gate, sets)
+    predictor = Predictor.from_bundle(bundle_dir)
     test = splits.samples(manifest, "test")
     log.info("testing on %d held-out images (%d bootstrap replicates)", len(test), ev.n_bootstrap)
     test_scores, preds, errors = collect_scores(predictor, test, classes, ev.batch_size, progress)
@@ -417,22 +442,45 @@ def run_recipe(
         ordinal=ev.ordinal,
         target_specificity=ev.target_specificity,
         n_bins=ev.calibration_bins,
+        patients={s.uid: s.patient_id for s in test},
     )
     metrics.update(
         other_outputs(
             predictor, recipe, test, preds, ev.n_bootstrap, ev.bootstrap_seed, ev.confidence
         )
     )
+    metrics["trust"] = test_outcomes(
+        predictor,
+        preds,
+        test_scores.y,
+        test_scores.logits,
+        errors,
+        ev.n_bootstrap,
+        ev.bootstrap_seed,
+        1 - ev.confidence,
+    )
     metrics["unreadable"] = {**val_errors, **errors}
     metrics["leakage"] = leakage
     metrics["settings"] = ev.model_dump(mode="json")
+    if ev.shortcut_check:  # probe before/after preprocessing, cue-randomised test
+        from medlens.shortcuts import shortcut_section
+
+        metrics["shortcuts"] = shortcut_section(predictor, manifest, splits, recipe)
     add_file(bundle_dir, "metrics.json", json.dumps(metrics, indent=2))
+    if export_onnx:  # the bundle is complete: its checked ONNX graph, or why there is none
+        from medlens.export import CheckImages, export_after_training
+
+        export_after_training(bundle_dir, CheckImages(val, f"validation split of {run_dir.name}"))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     val_scores.write_csv(run_dir / "val_scores.csv", classes)
     test_scores.write_csv(run_dir / "test_scores.csv", classes)
     _write_test_predictions(run_dir / "test_predictions.csv", preds, classes, test)
     if recipe.explain.enabled:
         explain_section(predictor, test, recipe, run_dir)
+        if (run_dir / "explanations.json").is_file():  # heatmap evidence travels with the bundle
+            write_trust(
+                bundle_dir, explanations=json.loads((run_dir / "explanations.json").read_text())
+            )
     log.info("writing the report")
     report = render_report(run_dir)
     run_id = None
@@ -467,19 +515,38 @@ def run_recipe(
 def _write_test_predictions(
     path: Path, preds: list[Prediction], classes: list[str], samples: list[Sample]
 ) -> None:
+    """One row per graded test image: truth, what was shown (nothing for a not-assessed image),
+    the input gate's status and reason, the conformal set; probabilities as the network gave
+    them (for a not-assessed image: kept for audit, never shown as a diagnosis)."""
     import csv
 
     truth = {s.uid: s.label for s in samples}
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["source", "true", "predicted", "decision", *[f"p_{c}" for c in classes]])
+        w.writerow(
+            [
+                "source",
+                "true",
+                "predicted",
+                "decision",
+                "status",
+                "reason",
+                "prediction_set",
+                *[f"p_{c}" for c in classes],
+            ]
+        )
         for p in preds:
+            probs = p.probabilities or (p.details or {}).get("probabilities") or {}
+            most = p.label or (p.details or {}).get("most_probable", "")
             w.writerow(
                 [
                     p.source,
                     truth.get(p.source or ""),
-                    p.label,
-                    p.decision or p.label,
-                    *[f"{p.probabilities[c]:.6f}" for c in classes],
+                    most,
+                    p.shown_decision or "",
+                    p.status,
+                    p.reason or "",
+                    "" if p.prediction_set is None else " ".join(p.prediction_set),
+                    *[f"{probs.get(c, float('nan')):.6f}" for c in classes],
                 ]
             )

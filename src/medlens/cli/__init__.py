@@ -6,6 +6,7 @@
 - :mod:`.cmd_data`: ``phantoms``, ``audit``, ``split``, ``slices``;
 - :mod:`.cmd_train`: ``train``, ``compare``, ``demo``, ``report``, ``leaderboard``, ``promote``;
 - :mod:`.cmd_predict`: ``predict``, ``explain``, ``evaluate``;
+- :mod:`.cmd_export`: ``export`` (ONNX graphs, checked, into the bundle);
 - :mod:`.cmd_serve`: ``serve``, ``serve-admin``, ``models``;
 - :mod:`.summaries`: what a finished run or evaluation prints.
 
@@ -22,6 +23,7 @@ from medlens.cli._app import app, main
 from medlens.cli import cmd_data  # noqa: F401
 from medlens.cli import cmd_train  # noqa: F401
 from medlens.cli import cmd_predict  # noqa: F401
+from medlens.cli import cmd_export  # noqa: F401
 from medlens.cli import cmd_serve  # noqa: F401
 # isort: on
 

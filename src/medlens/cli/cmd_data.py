@@ -51,7 +51,11 @@ def audit(
         str | None, typer.Option(help="recipe giving classes and data columns")
     ] = None,
     against: Annotated[
-        Path | None, typer.Option(help="another folder (e.g. a test set) to check for leakage")
+        Path | None,
+        typer.Option(
+            help="another data set to check for leakage: class folders, a CSV manifest or a "
+            "phantom folder (with manifest.csv)"
+        ),
     ] = None,
     splits: Annotated[Path | None, typer.Option(help="a splits.csv to check for leakage")] = None,
     out: Annotated[Path, typer.Option(help="report folder")] = Path("audit"),
@@ -63,14 +67,13 @@ def audit(
 ) -> None:
     """Find unreadable files, duplicates, leakage and shortcuts; write an HTML + JSON report."""
     from medlens.data.audit import audit as run_audit
-    from medlens.data.audit import write_audit
-    from medlens.data.manifest import from_folder
+    from medlens.data.audit import load_against, write_audit
     from medlens.data.splits import read_splits
 
     if against is not None and splits is not None:
         raise MedlensError("give either --against or --splits, not both")
     manifest, _ = _data_manifest(data, recipe)
-    other = from_folder(against, manifest.classes) if against is not None else None
+    other = load_against(against, manifest.classes) if against is not None else None
     sp = read_splits(splits, manifest) if splits is not None else None
     rep = run_audit(
         manifest,

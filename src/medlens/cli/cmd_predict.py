@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,8 +20,18 @@ from medlens.cli._app import app, console, err_console, progress_enabled
 from medlens.errors import MedlensError
 
 ProgressOpt = Annotated[bool | None, typer.Option(help="show progress bars")]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(help="auto (the bundle's checked ONNX graph if any), onnx, onnx-int8 or torch"),
+]
+PredictEngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="auto, onnx, onnx-int8, torch, or ray (the auto engine as Ray Data actors; "
+        "needs medlens[ray])"
+    ),
+]
 ROWS_SHOWN = 20  # more inputs than this: a summary instead of one row per file
-OPTIONAL = ("status", "reason", "prediction_set")  # fields later features add to a Prediction
 
 
 def collect_files(paths: Sequence[Path]) -> list[Path]:
@@ -43,7 +54,7 @@ def collect_files(paths: Sequence[Path]) -> list[Path]:
 
 def pct(p: float | None) -> str:
     """A probability as a percentage, never "100 %" below 1 (nor "0 %" above 0)."""
-    from medlens.serve.formatting import pct as fmt
+    from medlens.common import pct as fmt
 
     return fmt(p, 1)
 
@@ -54,16 +65,18 @@ def _threshold(r: Any) -> str:
     return "argmax" if r.decision_threshold is None else f"{r.decision_threshold:.3f}"
 
 
-def _optional(results: Sequence[Any]) -> list[str]:
-    """The later-feature columns some prediction actually carries."""
-    preds = [r for r in results if not isinstance(r, Exception)]
-    return [a for a in OPTIONAL if any(getattr(r, a, None) is not None for r in preds)]
-
-
 def _cell(v: Any) -> str:
     if v is None:
         return ""
     return "{" + ", ".join(map(str, v)) + "}" if isinstance(v, list | tuple | set) else str(v)
+
+
+def _status(r: Any) -> str:
+    """``ok``, ``not assessed: <reason>`` (ungradable / out of distribution)."""
+    status = getattr(r, "status", "ok")
+    if status == "ok":
+        return "ok"
+    return f"[yellow]not assessed[/] ({status.replace('_', ' ')}): {getattr(r, 'reason', '')}"
 
 
 def prediction_table(
@@ -73,34 +86,42 @@ def prediction_table(
     title: str | None = None,
     truth: Sequence[str] | None = None,
 ) -> Any:
-    """One row per input: decision, threshold, most probable class and its calibrated
-    probability (every class's probability is in the CSV)."""
+    """One row per input: whether it was assessed (and why not), decision, threshold, most
+    probable class and its calibrated probability, and the conformal prediction set (every
+    class's probability is in the CSV). A not-assessed image shows no class at all."""
     from rich.table import Table
 
     from medlens.inference import DISCLAIMER
 
-    optional = _optional(results)
+    has_sets = getattr(predictor, "sets", None) is not None
     t = Table(title=title or f"Predictions — {predictor.model_name}", caption=DISCLAIMER)
     t.add_column("image", overflow="fold")
     if truth is not None:
         t.add_column("true")
+    t.add_column("status", overflow="fold")
     for col in ("decision", "threshold fired", "most probable", "probability"):
         t.add_column(col, justify="left" if col != "probability" else "right")
-    for col in optional:
-        t.add_column(col.replace("_", " "), overflow="fold")
+    if has_sets:
+        t.add_column("prediction set", overflow="fold")
     for i, (f, r) in enumerate(zip(files, results, strict=True)):
         lead = [str(f)] + ([truth[i]] if truth is not None else [])
         if isinstance(r, Exception):
-            blanks = [""] * (3 + len(optional))
-            t.add_row(*lead, "[red]unreadable[/]", *blanks)
+            t.add_row(*lead, "[red]unreadable[/]", *[""] * (4 + has_sets))
             continue
+        if getattr(r, "status", "ok") != "ok":
+            t.add_row(*lead, _status(r), "—", "", "", "", *[""] * has_sets)
+            continue
+        ps = _cell(getattr(r, "prediction_set", None))
+        if getattr(r, "uncertain", False):
+            ps = f"[yellow]{ps} uncertain — human review[/]"
         t.add_row(
             *lead,
+            "ok",
             f"[bold]{r.decision or r.label}[/]",
             _threshold(r),
             r.label,
             pct(r.confidence),
-            *[_cell(getattr(r, a, None)) for a in optional],
+            *([ps] if has_sets else []),
         )
     return t
 
@@ -116,17 +137,33 @@ def _summary_table(predictor: Any, results: Sequence[Any], n_err: int) -> Any:
     )
     t.add_column("decision")
     t.add_column("images", justify="right")
-    decisions = Counter(r.decision or r.label for r in results if not isinstance(r, Exception))
+    preds = [r for r in results if not isinstance(r, Exception)]
+    assessed = [r for r in preds if getattr(r, "status", "ok") == "ok"]
+    decisions = Counter(r.decision or r.label for r in assessed)
     for c in predictor.classes:
         t.add_row(c, str(decisions.get(c, 0)))
-    for a in ("status",):
-        for value, n in Counter(
-            str(getattr(r, a)) for r in results if getattr(r, a, None) is not None
-        ).items():
-            t.add_row(f"{a}: {value}", str(n))
+    for status, n in sorted(Counter(r.status for r in preds if r.status != "ok").items()):
+        t.add_row(f"[yellow]not assessed[/]: {status.replace('_', ' ')}", str(n))
     if n_err:
         t.add_row("[red]unreadable[/]", str(n_err))
     return t
+
+
+def _trust_notes(predictor: Any, results: Sequence[Any]) -> list[str]:
+    """Lines said after every prediction run: what was not assessed, what is uncertain, and
+    what the bundle could not check."""
+    preds = [r for r in results if not isinstance(r, Exception)]
+    out = [str(n) for n in getattr(getattr(predictor, "trust", None), "notes", [])]
+    n_not = sum(1 for r in preds if r.status != "ok")
+    if n_not:
+        out.append(
+            f"{n_not} of {len(preds)} image(s) not assessed (ungradable or unlike the training "
+            "images): no class is given for them; a person reads them"
+        )
+    n_unc = sum(1 for r in preds if r.status == "ok" and r.uncertain)
+    if n_unc:
+        out.append(f"{n_unc} image(s) uncertain (prediction set of more than one class): review")
+    return out
 
 
 @app.command()
@@ -138,17 +175,49 @@ def predict(
         bool, typer.Option(help="exit 0 even when some inputs could not be read")
     ] = False,
     progress: ProgressOpt = None,
+    engine: PredictEngineOpt = None,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 32,
+    workers: Annotated[
+        int, typer.Option(help="threads decoding images ahead (--engine ray: Ray actors)")
+    ] = 2,
+    ray_address: Annotated[
+        str | None, typer.Option(help="--engine ray: a Ray cluster (default: a local Ray)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="skip files already in the --out CSV (--no-resume: start over)")
+    ] = True,
+    dicom_out: Annotated[
+        Path | None,
+        typer.Option(help="also write a DICOM Structured Report per image here (UNVERIFIED)"),
+    ] = None,
 ) -> None:
-    """Predict images (files or folders): the policy's decision, the threshold that fired, the
-    most probable class and calibrated probabilities; optionally a CSV.
+    """Predict images (files or folders): whether each was assessed (the input check refuses
+    ungradable images and images unlike the training data, with the reason), the policy's
+    decision, the threshold that fired, the most probable class, calibrated probabilities and
+    the prediction set; optionally a CSV, written as it goes.
 
-    Exits 1 when an input could not be read (unless --skip-unreadable), 2 when none could.
+    Exits 1 when an input could not be read (unless --skip-unreadable), 2 when none could; an
+    image that was read but not assessed is a result (exit 0), not an error.
     """
-    from medlens.inference import Predictor, write_predictions_csv
+    from medlens.batch_predict import predict_files
+    from medlens.inference import Predictor
 
-    predictor = Predictor.from_bundle(bundle)
-    files = collect_files(paths)
-    results = predictor.predict_many(files, progress=progress_enabled(progress))
+    on_ray = (engine or "").strip().lower() == "ray"
+    predictor = Predictor.from_bundle(bundle, engine=None if on_ray else engine)
+    run = predict_files
+    if on_ray:
+        from medlens.ray_predict import predict_files_ray
+
+        run = partial(predict_files_ray, address=ray_address)  # type: ignore[assignment]
+    files, results = run(
+        predictor,
+        collect_files(paths),
+        out,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        progress=progress_enabled(progress),
+    )
     errors = [(f, r) for f, r in zip(files, results, strict=True) if isinstance(r, Exception)]
     if len(files) <= ROWS_SHOWN:
         console.print(prediction_table(predictor, files, results))
@@ -161,9 +230,15 @@ def predict(
     if len(errors) > ROWS_SHOWN:
         more = f"in {out}" if out is not None else "(add --out FILE.csv to list them)"
         err_console.print(f"… and {len(errors) - ROWS_SHOWN} more unreadable {more}")
+    for line in _trust_notes(predictor, results):
+        console.print(line, highlight=False)
     if out is not None:
-        write_predictions_csv(results, files, predictor.classes, out)
         console.print(f"predictions written to {out}")
+    if dicom_out is not None:
+        from medlens.serve.dicom_out import write_predictions
+
+        written = write_predictions(dicom_out, files, results)
+        console.print(f"{len(written)} DICOM Structured Report(s) written to {dicom_out}")
     if errors:
         skipped = (
             " (skipped: --skip-unreadable)"
@@ -225,6 +300,7 @@ def explain(
             ],
         )
     console.print(t)
+    console.print(predictor.trust.evidence_line(method), highlight=False)
     n_err = sum(1 for r in records if r.error)
     console.print(f"{len(records) - n_err} overlay(s) in {out}")
     if n_err:
@@ -236,42 +312,76 @@ def explain(
 def evaluate(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     data: Annotated[Path, typer.Argument(help="labelled data: class folders, CSV or .npz")],
-    out: Annotated[Path | None, typer.Option(help="write metrics JSON here")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="report folder (HTML + JSON); a path ending in .json: metrics JSON"),
+    ] = None,
+    recalibrate: Annotated[
+        float | None,
+        typer.Option(help="refit calibration on this fraction of DATA, report on the rest"),
+    ] = None,
+    recalibrate_on: Annotated[
+        Path | None, typer.Option(help="refit calibration on this separate labelled data")
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(help="subgroup column (manifest column, or source_format / image_size)"),
+    ] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="training images to measure shift against")
+    ] = None,
+    npz_key: Annotated[
+        list[str] | None,
+        typer.Option(help="IMAGES:LABELS keys to read from an .npz (repeatable)"),
+    ] = None,
     progress: ProgressOpt = None,
+    engine: EngineOpt = None,
 ) -> None:
-    """Evaluate a bundle on a labelled data set (all of it is treated as held-out test data)."""
-    import yaml
+    """Validate a bundle on a new site's labelled data (none of it was used to fit anything):
+    the training report with intervals, the bundle's own test figures beside the new ones with a
+    verdict, the shift of the new images, and optionally local recalibration and subgroups."""
+    from medlens.cli.summaries import print_external
+    from medlens.engines import set_default_engine
+    from medlens.external import evaluate_external
 
-    from medlens.cli.summaries import print_metrics
-    from medlens.data.manifest import load_manifest
-    from medlens.inference import Predictor
-    from medlens.recipes import parse_recipe
-    from medlens.workflow import evaluate_samples
+    set_default_engine(engine)  # the predictors evaluate_external builds use it
 
-    predictor = Predictor.from_bundle(bundle)
-    recipe_path = predictor.bundle.path / "recipe.yaml"
-    recipe = parse_recipe(yaml.safe_load(recipe_path.read_text()), str(recipe_path))
-    manifest = load_manifest(
-        recipe.data,
-        data.expanduser().resolve(),
-        predictor.classes,
-        recipe.extra_columns(),
-        recipe.path_columns(),
+    keys = None
+    if npz_key:
+        try:
+            keys = [tuple(k.split(":", 1)) for k in npz_key]
+            if any(len(k) != 2 for k in keys):
+                raise ValueError
+        except ValueError:
+            raise MedlensError(
+                "--npz-key takes IMAGES:LABELS, e.g. val_images:val_labels"
+            ) from None
+    json_out = out is not None and out.suffix == ".json"
+    folder = (out.with_suffix("") if json_out else out) if out is not None else None
+    if folder is None:
+        folder = Path("evaluations") / f"{bundle.resolve().name}_on_{data.stem}"
+    result = evaluate_external(
+        bundle,
+        data,
+        folder,
+        recalibrate=recalibrate,
+        recalibrate_on=recalibrate_on,
+        by=by,
+        reference=reference,
+        npz_keys=keys,  # type: ignore[arg-type]
+        progress=progress_enabled(progress),
     )
-    metrics, _, errors = evaluate_samples(
-        predictor,
-        manifest.samples,
-        predictor.classes,
-        recipe.evaluate.batch_size,
-        progress_enabled(progress),
-    )
-    metrics["unreadable"] = errors
-    print_metrics(metrics, f"{predictor.model_name} on {data}")
+    print_external(result.metrics, f"{bundle} on {data}")
+    errors = result.errors
     for path, reason in list(errors.items())[:ROWS_SHOWN]:
         err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
     if len(errors) > ROWS_SHOWN:
         err_console.print(f"… {len(errors)} unreadable in all (see 'unreadable' in the JSON)")
-    if out is not None:
+    if json_out:
+        assert out is not None
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(metrics, indent=2))
+        out.write_text(json.dumps(result.metrics, indent=2))
         console.print(f"metrics written to {out}")
+    console.print(f"report: {result.report}")
+    if result.bundle_dir is not None:
+        console.print(f"recalibrated bundle (verified): {result.bundle_dir}")

@@ -54,15 +54,27 @@ def train(
     allow_leakage: Annotated[
         bool, typer.Option(help="train even if copies or patients cross splits (reported)")
     ] = False,
+    folds: Annotated[
+        int | None,
+        typer.Option(help="k-fold cross-validation: K runs, a pooled estimate, one bundle"),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(help="test figures per subgroup of this manifest column (or source_format)"),
+    ] = None,
     progress: ProgressOpt = None,
+    export: Annotated[
+        bool, typer.Option(help="add the checked FP32 ONNX graph to the bundle (--no-export)")
+    ] = True,
 ) -> None:
     """Train a recipe, evaluate it on its held-out test split and write a verified bundle.
 
     Without a recipe, `--data FOLDER` trains a generic small CNN whose classes are the folder's
-    class sub-folders.
+    class sub-folders. `--folds K` trains K group-aware folds instead and keeps the bundle of
+    the fold best on validation; `--by COLUMN` adds per-subgroup test figures to the report.
     """
     from medlens.cli._recipes import resolve_recipe
-    from medlens.cli.summaries import print_run
+    from medlens.cli.summaries import print_run, print_subgroups
     from medlens.workflow import run_recipe
 
     r = resolve_recipe(recipe, data)
@@ -76,14 +88,36 @@ def train(
         r.train.epochs = epochs
     if allow_leakage:
         r.split.allow_leakage = True
+    if folds is not None:
+        if splits is not None:
+            raise MedlensError("--folds draws its own splits: give --folds or --splits, not both")
+        from medlens.cli.summaries import print_crossval
+        from medlens.crossval import run_crossval
+
+        cv = run_crossval(
+            r, out, folds, data=data, progress=progress_enabled(progress), fresh=fresh, track=track
+        )
+        print_crossval(cv.summary)
+        return
     if splits is not None:
         _use_splits(splits, out.expanduser().resolve() / r.name, fresh)
     result = run_recipe(
-        r, out, data=data, progress=progress_enabled(progress), fresh=fresh, track=track
+        r,
+        out,
+        data=data,
+        progress=progress_enabled(progress),
+        fresh=fresh,
+        track=track,
+        export_onnx=export,
     )
     if result.mlflow_run_id:
         console.print(f"tracked in MLflow as run {result.mlflow_run_id} ({out}/mlflow.db)")
+    if by is not None:
+        from medlens.external import subgroups_for_run
+
+        result.metrics["subgroups"] = subgroups_for_run(result.run_dir, r, data, by)
     print_run(result)
+    print_subgroups(result.metrics.get("subgroups"))
 
 
 @app.command()

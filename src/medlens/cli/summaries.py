@@ -97,8 +97,8 @@ def print_metrics(m: dict[str, Any], title: str) -> None:
         before, after = cal.get("test_before") or {}, cal.get("test_after") or {}
         if "ece" in before and "ece" in after:
             console.print(
-                f"calibration: temperature {cal['temperature']:.3f} (fitted on validation); "
-                f"test ECE {before['ece']:.3f} → {after['ece']:.3f}, MCE {before['mce']:.3f} → "
+                f"calibration: temperature {cal['temperature']:.3f} (fitted on "
+                f"{cal.get('fitted_on', 'validation')}); ECE {before['ece']:.3f} → {after['ece']:.3f}, MCE {before['mce']:.3f} → "
                 f"{after['mce']:.3f}"
             )
     if pol := m.get("policy"):
@@ -172,3 +172,98 @@ def print_other_outputs(m: dict[str, Any]) -> None:
         console.print(
             f"segmentation (test, n={sm['n']}): Dice {_ci(sm['dice'])}, IoU {_ci(sm['iou'])}"
         )
+
+
+def print_subgroups(sub: dict[str, Any] | None) -> None:
+    """Per-subgroup headline figures; flagged subgroups in red below the table."""
+    if not sub:
+        return
+    from medlens.evaluate import figures as F
+    from medlens.evaluate.subgroups import flagged_texts
+
+    keys = list(sub["overall"])
+    t = Table(title=f"Subgroups by {sub['column']} (95 % intervals)")
+    for col in ("subgroup", "n", *(F.display_name(k) for k in keys)):
+        t.add_column(col)
+    t.add_row("all", "", *(_ci(sub["overall"][k]) for k in keys))
+    for value, g in sub["groups"].items():
+        mark = " [red](below)[/]" if g["below_overall"] else ""
+        t.add_row(f"{value}{mark}", str(g["n"]), *(_ci(g["figures"][k]) for k in keys))
+    console.print(t)
+    for text in flagged_texts(sub):
+        err_console.print(f"[bold red]subgroup below overall[/]: {text}", highlight=False)
+
+
+def print_external(m: dict[str, Any], title: str) -> None:
+    """An external evaluation: the verdict first, internal vs external, shift, then the usual."""
+    ext = m.get("external") or {}
+    if ext.get("transfers") is False:
+        console.print(Panel(ext["verdict"], title="[bold]VERDICT[/]", border_style="bold red"))
+    elif ext.get("verdict"):
+        console.print(f"[bold]verdict[/]: {ext['verdict']}")
+    if ext.get("rows"):
+        t = Table(title="Internal (bundle's own test) vs external (these data)")
+        for col in (
+            "figure",
+            f"internal (n={ext.get('internal_n')})",
+            f"external (n={ext['n']})",
+            "",
+        ):
+            t.add_column(col)
+        for r in ext["rows"]:
+            t.add_row(r["name"], _ci(r["internal"]), _ci(r["external"]), r["status"])
+        console.print(t)
+    sh = m.get("shift") or {}
+    if sh.get("reference"):
+        console.print(
+            f"shift: {100 * sh['share_flagged']:.1f} % of the new images outside the training "
+            f"range; shifted properties: {', '.join(sh.get('shifted_properties') or []) or 'none'}"
+            f" (reference: {sh['reference']})"
+        )
+    elif sh:
+        console.print(f"shift: {sh.get('note')}")
+    if (gate := sh.get("gate")) and gate.get("share_flagged") is not None:
+        console.print(
+            f"input gate: {100 * gate['share_flagged']:.1f} % of the new images not assessed "
+            f"({gate['status_counts']})"
+        )
+    if rec := m.get("recalibration"):
+        console.print(
+            f"recalibrated on {rec['n_calibration']} images ({rec['how']}): temperature "
+            f"{rec['temperature_before']:.3f} → {rec['temperature_after']:.3f}; figures below on "
+            f"the other {rec['n_reported']}"
+        )
+    print_metrics(m, title)
+    if c := ((m.get("trust") or {}).get("conformal") or {}).get("test"):
+        console.print(
+            f"conformal sets (target {c.get('target')}): coverage {_ci(c['marginal_coverage'])}, "
+            f"mean set size {_ci(c['mean_set_size'])}"
+        )
+    print_subgroups(m.get("subgroups"))
+
+
+def print_crossval(cv: dict[str, Any]) -> None:
+    """Per-fold figures, the pooled out-of-fold estimate and which bundle was kept."""
+    from medlens.evaluate import figures as F
+
+    keys = [f.key for f in F.leaderboard() if f.key in cv["pooled"]["overall"]]
+    t = Table(title=f"{cv['k']}-fold cross-validation (each fold's own test split)")
+    for col in ("fold", "n test", "val score", *(F.display_name(k) for k in keys)):
+        t.add_column(col)
+    for f in cv["folds"]:
+        score = f.get("val_score")
+        t.add_row(
+            str(f["fold"]) + (" (kept)" if f["fold"] == cv["chosen_fold"] else ""),
+            str(f["n_test"]),
+            "n/a" if score is None else f"{score:.4f}",
+            *(_ci(f["overall"].get(k)) for k in keys),
+        )
+    t.add_row(
+        "pooled out-of-fold",
+        str(cv["pooled"]["n"]),
+        "",
+        *(_ci(cv["pooled"]["overall"][k]) for k in keys),
+    )
+    console.print(t)
+    console.print(f"bundle: {cv['bundle']} ({cv['bundle_choice']})")
+    console.print(f"report: {cv['report']}")

@@ -3,8 +3,10 @@
 Grouping keeps every image of one patient in one split (a model must never be tested on a patient
 it trained on), and, when copy groups are given (``copies``, from
 :func:`medlens.data.audit.copies.duplicate_groups`), every exact or near-identical copy of an
-image in its original's split (look-alikes only when asked, ``group_lookalikes``): the same image saved under two names, or an augmented copy written into the
-data folder, would otherwise be trained on and then "tested". Groups are the union of both
+image in its original's split: the same image saved under two names, or an augmented copy
+written into the data folder, would otherwise be trained on and then "tested". When the data
+carry no patient ids, look-alikes (likely adjacent slices or frames of one scan) are kept
+together too, in bounded groups (:func:`lookalikes_wanted`, :func:`split_grouping`). Groups are the union of both
 relations (union-find): two copies of one image from two patients tie both patients together.
 The split is written to ``splits.csv`` beside the run; a later run over the same data reads it
 back instead of drawing a new one, so a resumed or repeated run is evaluated on the same held-out
@@ -19,11 +21,15 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medlens.data.manifest import Manifest, Sample
 from medlens.errors import DataError
+
+if TYPE_CHECKING:
+    from medlens.data.audit.copies import CopyGrouping
 
 SPLITS = ("train", "val", "test")
 
@@ -152,27 +158,61 @@ def make_splits(
     return Splits(assignment)
 
 
+def lookalikes_wanted(manifest: Manifest, cfg: object) -> bool:
+    """Whether a split of ``manifest`` ties look-alikes together, as ``cfg.group_lookalikes``
+    says: true / false, or "auto" (the default) = when no image carries a patient id.
+
+    Without patient ids, the adjacent slices of one scan or the frames of one sweep look like
+    independent images to a split: one lands in training, its neighbour in test, and the test
+    figures measure recall of a scan already seen. The audit's look-alike tier is the best
+    evidence left of "same patient or scan".
+    """
+    want = getattr(cfg, "group_lookalikes", "auto")
+    if want == "auto":
+        return not any(s.patient_id for s in manifest.samples)
+    return bool(want)
+
+
+def split_grouping(
+    manifest: Manifest, cfg: object, *, progress: bool = False
+) -> CopyGrouping | None:
+    """The :class:`~medlens.data.audit.copies.CopyGrouping` a split of ``manifest`` keeps
+    together, as a recipe's split section asks: ``group_copies`` (default on),
+    ``copy_threshold`` (the audit's candidate threshold when absent) and ``group_lookalikes``
+    (:func:`lookalikes_wanted`). None when copies are not grouped.
+
+    ``.groups`` goes to the split, ``.copies`` to the leakage check (a reused split drawn
+    without look-alike ties must not be refused for them), ``.info`` to the run's report
+    (with ``patient_ids``: whether any image carries one).
+    """
+    if not getattr(cfg, "group_copies", True):
+        return None
+    from medlens.data.audit.copies import DEFAULT_NEAR_THRESHOLD, copy_grouping
+
+    threshold = getattr(cfg, "copy_threshold", None)
+    grouping = copy_grouping(
+        manifest,
+        DEFAULT_NEAR_THRESHOLD if threshold is None else int(threshold),
+        progress=progress,
+        group_lookalikes=lookalikes_wanted(manifest, cfg),
+    )
+    grouping.info["patient_ids"] = any(s.patient_id for s in manifest.samples)
+    grouping.info["setting"] = getattr(cfg, "group_lookalikes", "auto")
+    return grouping
+
+
 def split_copies(
     manifest: Manifest, cfg: object, *, progress: bool = False
 ) -> dict[str, int] | None:
-    """The copy groups a split of ``manifest`` must keep together, as a recipe's split section
-    asks: ``group_copies`` (default on), ``copy_threshold`` (the audit's candidate threshold when
-    absent) and ``group_lookalikes`` (default off). None when copies are not grouped.
+    """The groups a split of ``manifest`` must keep together (copies, and look-alikes when
+    :func:`lookalikes_wanted`), as :func:`split_grouping` finds them. None when copies are not
+    grouped.
 
     The one place that turns split settings into copy groups, so ``medlens split`` and training
     agree; the tiers are the audit's (:mod:`medlens.data.audit.copies`).
     """
-    if not getattr(cfg, "group_copies", True):
-        return None
-    from medlens.data.audit.copies import DEFAULT_NEAR_THRESHOLD, duplicate_groups
-
-    threshold = getattr(cfg, "copy_threshold", None)
-    return duplicate_groups(
-        manifest,
-        DEFAULT_NEAR_THRESHOLD if threshold is None else int(threshold),
-        progress=progress,
-        group_lookalikes=bool(getattr(cfg, "group_lookalikes", False)),
-    )
+    grouping = split_grouping(manifest, cfg, progress=progress)
+    return None if grouping is None else grouping.groups
 
 
 def write_splits(splits: Splits, manifest: Manifest, path: Path) -> None:
@@ -233,7 +273,7 @@ def load_or_make_splits(
         group_by_patient=getattr(cfg, "group_by_patient", True),
         copies=copies,
         find_copies=bool(getattr(cfg, "group_copies", False)),
-        group_lookalikes=bool(getattr(cfg, "group_lookalikes", False)),
+        group_lookalikes=lookalikes_wanted(manifest, cfg),
     )
     for name in SPLITS:
         if splits.counts()[name] == 0:

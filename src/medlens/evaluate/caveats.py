@@ -12,6 +12,13 @@ warns too. The rules, and why:
 - ``specificity_given_up``: the policy keeps less than half of a class's argmax specificity
   (e.g. 34 of 40 normal images sent to tuberculosis). A headline such as "missed priority
   positives 31 → 0" is then bought with false alarms, and must not be read alone.
+- ``few_test_patients`` (first, it qualifies every figure): the test split holds fewer than
+  ``FEW_PATIENTS`` patients. The SIJ MRI example tested on 25 slices of one subject: ROC-AUC
+  1.000 [1.000–1.000], while three other subjects' slices scored 0.456. Slices are not patients.
+- ``no_patient_ids``: the data carry no patient ids, so images of one patient or scan may sit
+  in training and test. Look-alike grouping (``split.group_lookalikes``, reported under the
+  run's ``leakage.grouping``) removes the part the audit can see, not all of it. Only an
+  external set says how the model does on new patients.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 from medlens.evaluate import figures as F
 
 SPECIFICITY_KEPT_AT_LEAST = 0.5  # a policy keeping less of the argmax specificity is flagged
+FEW_PATIENTS = 10  # a test split of fewer patients is anecdotal, whatever its image count
 
 
 def _finite(v: Any) -> bool:
@@ -125,9 +133,65 @@ def _specificity_warnings(policy: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _grouping_note(grouping: dict[str, Any] | None) -> str:
+    if not grouping:
+        return ""
+    if not grouping.get("lookalikes_grouped"):
+        return (
+            " Look-alike images (adjacent slices, frames of one sweep) were not kept together "
+            "in this split (split.group_lookalikes)."
+        )
+    note = (
+        f" Look-alikes were kept together: {grouping.get('images_tied_by_lookalikes', 0)} "
+        f"images tied beyond exact and near copies (largest group "
+        f"{grouping.get('largest_group', 1)})"
+    )
+    if grouping.get("ties_refused"):
+        note += (
+            f"; {grouping['ties_refused']} look-alike tie(s) were refused because a group would "
+            f"have exceeded {grouping.get('cap')} images, so some scans may still cross splits"
+        )
+    return note + "; this catches what the audit can see, not every image of one patient."
+
+
+def _patient_warnings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    tp = metrics.get("test_patients") or {}
+    if tp.get("ids") is False:
+        grouping = (metrics.get("leakage") or {}).get("grouping")
+        return [
+            {
+                "code": "no_patient_ids",
+                "message": (
+                    "No patient ids: internal figures may be optimistic; validate externally. "
+                    "Images of one patient or scan may sit in both training and test, and the "
+                    "intervals treat every image as independent." + _grouping_note(grouping)
+                ),
+            }
+        ]
+    n = tp.get("n_patients")
+    if tp.get("ids") and isinstance(n, int) and n < FEW_PATIENTS:
+        return [
+            {
+                "code": "few_test_patients",
+                "n_patients": n,
+                "n_images": tp.get("n_images"),
+                "message": (
+                    f"Test = {n} patient{'s' if n != 1 else ''} ({tp.get('n_images')} images): "
+                    "figures are anecdotal. The intervals resample patients, and no interval "
+                    f"from fewer than {FEW_PATIENTS} patients says how the model does on the "
+                    "next one; validate on more patients."
+                ),
+            }
+        ]
+    return []
+
+
 def model_warnings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """``[{"code", "message", ...}]`` for a run's metrics; empty when nothing needs saying."""
-    out: list[dict[str, Any]] = []
+    """``[{"code", "message", ...}]`` for a run's metrics; empty when nothing needs saying.
+
+    Warnings about who the test split holds come first: they qualify every figure after them.
+    """
+    out: list[dict[str, Any]] = _patient_warnings(metrics)
     if metrics.get("intervals"):
         out += _chance_warnings(metrics["intervals"])
     if metrics.get("policy"):

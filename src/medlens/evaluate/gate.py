@@ -32,13 +32,16 @@ with a floor so a property constant in training — colour of a grey set — sti
 scale); the score is the largest |z|, so the reason can name the property.
 
 Either can flag. Each gets its own threshold at the ``1 - (1 - val_pass) / 2`` quantile of its
-validation scores: by the union bound at least ``val_pass`` (99 %) of validation images pass
+validation scores (empirical, or a log-normal tail fitted to them when there are too few
+validation images for the empirical quantile to exist: :func:`_threshold`): by the union bound at least ``val_pass`` (99 %) of validation images pass
 both, and the flag always says *which* test failed — a single combined number would not.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -70,6 +73,7 @@ __all__ = [
     "GateResult",
     "InputGate",
     "acquisition_properties",
+    "capture_features",
     "check_gradable",
     "extract_features",
     "features_and_logits",
@@ -163,18 +167,16 @@ def saturation_fractions(unit_array: np.ndarray) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def features_and_logits(
-    model: Any, x: Any, primary: str | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled penultimate features and logits of ``model`` on ``x`` in one forward pass.
+@contextmanager
+def capture_features(model: Any) -> Iterator[list[Any]]:
+    """Collect the pooled penultimate features of every forward pass of ``model`` in the block.
 
     The features are the input of the module ``model.get_classifier()`` returns (timm models and
     medlens' own networks have it): after global pooling, before the linear head — the space the
-    classifier separates classes in. A model without a classifier module (or one whose head is
-    not a module we can hook) gives its logits as features, which still separates far-off inputs
-    but less sharply; the caller can tell by ``features.shape[1] == logits.shape[1]``.
-    ``x``: what ``model`` takes (a tensor; a fusion model's ``(inputs, mask)`` pair is passed as
-    a tuple). ``primary``: the classification head of a multi-head model (``"class"``).
+    classifier separates classes in. Yields a list that receives one detached tensor per forward
+    pass; it stays empty for a model without a hookable classifier module (classical models,
+    ensembles), whose callers then use the logits as features. One home for the rule, shared by
+    :func:`features_and_logits` and the predictor's single forward pass.
     """
     import torch
 
@@ -189,14 +191,32 @@ def features_and_logits(
                 grabbed.append(inputs[0].detach())
 
         handle = head.register_forward_pre_hook(hook)
-    was_training = bool(getattr(model, "training", False))
-    model.eval()
     try:
-        with torch.inference_mode():
-            logits = model(*x) if isinstance(x, tuple) else model(x)
+        yield grabbed
     finally:
         if handle is not None:
             handle.remove()
+
+
+def features_and_logits(
+    model: Any, x: Any, primary: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled penultimate features and logits of ``model`` on ``x`` in one forward pass.
+
+    Features as :func:`capture_features` defines them; a model without a classifier module gives
+    its logits as features, which still separates far-off inputs but less sharply; the caller can
+    tell by ``features.shape[1] == logits.shape[1]``. ``x``: what ``model`` takes (a tensor; a
+    fusion model's ``(inputs, mask)`` pair is passed as a tuple). ``primary``: the
+    classification head of a multi-head model (``"class"``).
+    """
+    import torch
+
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with capture_features(model) as grabbed, torch.inference_mode():
+            logits = model(*x) if isinstance(x, tuple) else model(x)
+    finally:
         if was_training:
             model.train()
     if isinstance(logits, dict):  # multi-task heads: the primary classification output
@@ -322,6 +342,27 @@ def _upper_quantile(scores: np.ndarray, q: float) -> float:
     return float(s[min(len(s), max(1, math.ceil(len(s) * q - 1e-9))) - 1])
 
 
+def _threshold(scores: np.ndarray, q: float) -> float:
+    """The larger of the empirical ``q`` quantile and a log-normal fit's ``q`` quantile.
+
+    With fewer than ``1 / (1 - q)`` validation images (200 at q = 99.5 %) the empirical
+    quantile is just the largest score, and a new image from the same distribution exceeds it
+    with probability ``1 / (n + 1)`` — 8 % with 12 validation images, far from the 1 % promised.
+    The scores are positive and right-skewed (squared distances, robust |z|), so a log-normal
+    tail extrapolates beyond the sample; with many images the empirical quantile takes over.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    emp = _upper_quantile(s if len(s) else np.asarray(scores, dtype=np.float64), q)
+    if len(s) < 3:
+        return emp
+    from statistics import NormalDist
+
+    logs = np.log(np.maximum(s, 1e-12))
+    fit = float(np.exp(logs.mean() + NormalDist().inv_cdf(q) * logs.std(ddof=1)))
+    return max(emp, fit)
+
+
 # --------------------------------------------------------------------------------------------
 # The gate
 # --------------------------------------------------------------------------------------------
@@ -411,8 +452,8 @@ class InputGate:
         q = 1.0 - (1.0 - val_pass) / 2.0
         vf = gate.feature_scores(val_features)
         va = gate.acquisition_z(val_acq).max(axis=1)
-        gate.feature_threshold = _upper_quantile(vf, q)
-        gate.acq_threshold = _upper_quantile(va, q)
+        gate.feature_threshold = _threshold(vf, q)
+        gate.acq_threshold = _threshold(va, q)
         gate.val_pass_achieved = float(
             np.mean((vf <= gate.feature_threshold) & (va <= gate.acq_threshold))
         )

@@ -10,7 +10,7 @@ never receives test data at all.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,21 @@ def threshold_sweep(
     return {"threshold": ts.tolist(), "sensitivity": sens, "specificity": spec}
 
 
+def _patient_groups(
+    sources: Sequence[str], patients: Mapping[str, str | None] | None
+) -> tuple[list[str] | None, dict[str, Any] | None]:
+    """Bootstrap groups (a test image without an id is its own patient) and the summary the
+    report and its warnings read: ``{"ids", "n_images", "n_patients"}``; ``(None, None)`` when
+    no mapping was given."""
+    if patients is None:
+        return None, None
+    ids = [patients.get(s) or None for s in sources]
+    if not any(ids):
+        return None, {"ids": False, "n_images": len(ids), "n_patients": None}
+    groups = [f"patient:{p}" if p else f"image:{s}" for p, s in zip(ids, sources, strict=True)]
+    return groups, {"ids": True, "n_images": len(ids), "n_patients": len(set(groups))}
+
+
 def evaluate_test(
     test: Scores,
     fitted: Fitted,
@@ -121,13 +136,21 @@ def evaluate_test(
     ordinal: bool = False,
     target_specificity: float = 0.9,
     n_bins: int = 15,
+    patients: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """All held-out figures: core metrics (calibrated), intervals, calibration, argmax vs policy,
-    and ``warnings`` (:func:`~medlens.evaluate.caveats.model_warnings`) a reader must see first."""
+    and ``warnings`` (:func:`~medlens.evaluate.caveats.model_warnings`) a reader must see first.
+
+    ``patients`` maps each test source to its patient id (None: none known). With ids, the
+    bootstrap resamples patients, not images; ``test_patients`` records how many there were, or
+    that the data had none (then the warnings say the figures may be optimistic). Without the
+    mapping nothing is claimed either way.
+    """
     p_raw = softmax(test.logits)
     p_cal = softmax(test.logits, fitted.temperature)
     out = classification_metrics(test.y, p_cal, classes)
     out["split"] = "test"
+    groups, out["test_patients"] = _patient_groups(test.sources, patients)
     out["intervals"] = metrics_with_intervals(
         test.y,
         p_cal,
@@ -137,6 +160,7 @@ def evaluate_test(
         alpha=1 - confidence,
         ordinal=ordinal,
         target_specificity=target_specificity,
+        groups=groups,
     )
     out["calibration"] = {
         **fitted.calibration,

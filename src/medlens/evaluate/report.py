@@ -25,18 +25,24 @@ from medlens.evaluate.caveats import model_warnings
 from medlens.evaluate.heldout import Scores
 from medlens.evaluate.intervals import EXACT, fmt_ci
 from medlens.evaluate.policy import DecisionPolicy
-from medlens.evaluate.worklists import WorklistEntry, build_worklists
+from medlens.evaluate.report_sections import (
+    conformal_html,
+    external_html,
+    external_warnings,
+    gate_html,
+    recalibration_html,
+    shift_html,
+    subgroups_html,
+)
+from medlens.evaluate.report_sections import num as _num
+from medlens.evaluate.report_sections import table as _table
+from medlens.evaluate.shortcut_section import shortcut_html
+from medlens.evaluate.worklists import TITLES, WorklistEntry, build_worklists, with_trust_groups
 
 DISCLAIMER = (
     "Research and decision support only. These figures describe held-out data; they are not a "
     "diagnosis. A clinician reviews every image and decides."
 )
-
-
-def _num(v: Any, digits: int = 3) -> str:
-    return (
-        "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
-    )
 
 
 def _ci(m: dict[str, Any] | None) -> str:
@@ -69,10 +75,13 @@ def _exact_note(iv: dict[str, Any]) -> str:
     )
 
 
-def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
-    th = "".join(f"<th scope='col'>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+def _target_met(target: float | None, sensitivity: Any) -> str:
+    """Whether the policy met a class's sensitivity target on these data."""
+    if target is None:
+        return "—"
+    if not (isinstance(sensitivity, int | float) and math.isfinite(sensitivity)):
+        return "n/a"
+    return "met" if sensitivity >= target else "<strong>missed</strong>"
 
 
 def _worklist_html(
@@ -85,7 +94,7 @@ def _worklist_html(
     }
     parts = []
     for key, entries in worklists.items():
-        parts.append(f"<h3>{titles[key]} — {len(entries)} case(s)</h3>")
+        parts.append(f"<h3>{titles.get(key) or TITLES[key]} — {len(entries)} case(s)</h3>")
         if not entries:
             parts.append("<p>None on the test split.</p>")
             continue
@@ -199,11 +208,26 @@ def _other_outputs_html(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def figure_tables_html(iv: dict[str, Any], classes: Sequence[str]) -> str:
+def _data_row(metrics: dict[str, Any]) -> list[str]:
+    if metrics.get("split") != "external":
+        return [
+            "test split",
+            f"{metrics['n']} held-out images, never used for fitting, calibration or thresholds",
+        ]
+    rec = metrics.get("recalibration")
+    what = (
+        f"{metrics['n']} images of the new data not used for recalibration"
+        if rec
+        else f"{metrics['n']} images, none used for fitting, calibration or thresholds"
+    )
+    return ["new data", html.escape(f"{what} ({metrics['external']['data']})")]
+
+
+def figure_tables_html(iv: dict[str, Any], classes: Sequence[str], where: str = "test") -> str:
     """The overall and per-class tables: one row (or column) per figure of the table in
     :mod:`medlens.evaluate.figures` that the run computed, named as the table names it."""
     parts: list[str] = []
-    parts.append("<h2>Overall (test, calibrated probabilities, argmax)</h2>")
+    parts.append(f"<h2>Overall ({where}, calibrated probabilities, argmax)</h2>")
     parts.append(
         _table(
             ["figure", "value [95 % CI]"],
@@ -214,7 +238,7 @@ def figure_tables_html(iv: dict[str, Any], classes: Sequence[str]) -> str:
             ],
         )
     )
-    parts.append("<h2>Per class (test)</h2>")
+    parts.append(f"<h2>Per class ({where})</h2>")
     cols = [f for f in F.per_class() if f.key in iv["per_class"][classes[0]]] if classes else []
     rows = [
         [c, str(iv["per_class"][c]["support"])] + [_ci(iv["per_class"][c].get(f.key)) for f in cols]
@@ -225,8 +249,10 @@ def figure_tables_html(iv: dict[str, Any], classes: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
-def render_report(run_dir: str | Path) -> Path:
-    """Write ``report.html`` (and ``report.json``) for a run folder written by ``medlens train``."""
+def render_report(run_dir: str | Path, bundle_dir: str | Path | None = None) -> Path:
+    """Write ``report.html`` (and ``report.json``) for a run folder written by ``medlens train``,
+    or for an external evaluation's folder (``bundle_dir``: the bundle evaluated; its metrics
+    say ``split: external``). ``val_scores.csv`` is optional (the threshold sweep needs it)."""
     run_dir = Path(run_dir)
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
@@ -234,10 +260,14 @@ def render_report(run_dir: str | Path) -> Path:
             f"{run_dir} holds no metrics.json: give a run folder written by `medlens train`"
         )
     metrics = json.loads(metrics_file.read_text())
-    meta = json.loads((run_dir / "bundle" / "bundle.json").read_text())
+    bdir = Path(bundle_dir) if bundle_dir is not None else run_dir / "bundle"
+    meta = json.loads((bdir / "bundle.json").read_text())
     classes = list(meta["classes"])
+    external = metrics.get("split") == "external"
+    where = "new data" if external else "test"
     test = Scores.read_csv(run_dir / "test_scores.csv", classes)
-    val = Scores.read_csv(run_dir / "val_scores.csv", classes)
+    val_file = run_dir / "val_scores.csv"
+    val = Scores.read_csv(val_file, classes) if val_file.is_file() else None
     cal = metrics.get("calibration", {})
     t = float(cal.get("temperature", 1.0))
     p_cal = softmax(test.logits, t)
@@ -252,10 +282,13 @@ def render_report(run_dir: str | Path) -> Path:
         recipe_eval.get("borderline_margin", 0.05),
         recipe_eval.get("confident_wrong", 0.95),
     )
+    worklists = with_trust_groups(worklists, run_dir / "test_predictions.csv", classes)
     iv = metrics["intervals"]
     parts: list[str] = []
-    parts.append(f"<h1>medlens evaluation — {html.escape(meta['name'])}</h1>")
-    metrics["warnings"] = model_warnings(metrics)  # recomputed: older runs stored none
+    title = "external evaluation" if external else "evaluation"
+    parts.append(f"<h1>medlens {title} — {html.escape(meta['name'])}</h1>")
+    # recomputed: older runs stored none
+    metrics["warnings"] = external_warnings(metrics) + model_warnings(metrics)
     parts.append(_warnings_html(metrics["warnings"]))
     parts.append(f"<p class='warn'><strong>{html.escape(DISCLAIMER)}</strong></p>")
     parts.append(
@@ -275,10 +308,7 @@ def render_report(run_dir: str | Path) -> Path:
                     f"{meta['data_fingerprint'].get('n_samples')} images (train + validation), "
                     f"manifest sha256 {meta['data_fingerprint'].get('manifest_sha256', '')[:16]}…",
                 ],
-                [
-                    "test split",
-                    f"{metrics['n']} held-out images, never used for fitting, calibration or thresholds",
-                ],
+                _data_row(metrics),
                 [
                     "intervals",
                     f"{int(iv['confidence_level'] * 100)} % stratified bootstrap, {iv['n_bootstrap']} replicates, seed {iv['seed']}",
@@ -297,15 +327,21 @@ def render_report(run_dir: str | Path) -> Path:
             f"<p class='note'>Split checked: no exact/near copies ({leak.get('copy_groups', 0)} "
             "copy groups kept together) and no patient crosses train/validation/test.</p>"
         )
-    parts.append(figure_tables_html(iv, classes))
+    parts.append(external_html(metrics))
+    parts.append(figure_tables_html(iv, classes, where))
     parts.append(plots.roc_pr_plots(test.y, p_cal, classes))
     cms = {"argmax": metrics["confusion_matrix"]}
     if policy is not None:
         pt = metrics["policy"]["test"]
         cms["decision policy"] = pt["policy_confusion_matrix"]
-        parts.append("<h2>Decision policy: argmax vs risk-prioritised thresholds (test)</h2>")
+        parts.append(f"<h2>Decision policy: argmax vs risk-prioritised thresholds ({where})</h2>")
+        chosen = (
+            "the new site's recalibration part"
+            if metrics.get("recalibration")
+            else "<strong>validation</strong> only"
+        )
         parts.append(
-            f"<p>Thresholds chosen on <strong>validation</strong> only, applied in the order "
+            f"<p>Thresholds chosen on {chosen}, applied in the order "
             f"{' → '.join(policy.priority)} → most probable other class.</p>"
         )
         for rep in policy.validation.values():
@@ -327,6 +363,7 @@ def render_report(run_dir: str | Path) -> Path:
                     _num(policy.targets.get(c)) if c in policy.targets else "—",
                     _num(r["argmax"]["sensitivity"]),
                     _num(r["policy"]["sensitivity"]),
+                    _target_met(policy.targets.get(c), r["policy"]["sensitivity"]),
                     _num(r["sensitivity_gained"]),
                     _num(r["argmax"]["specificity"]),
                     _num(r["policy"]["specificity"]),
@@ -341,6 +378,7 @@ def render_report(run_dir: str | Path) -> Path:
                     "target sens.",
                     "sens. argmax",
                     "sens. policy",
+                    "target",
                     "sens. gained",
                     "spec. argmax",
                     "spec. policy",
@@ -355,29 +393,45 @@ def render_report(run_dir: str | Path) -> Path:
             f"<p class='note'>Missed priority positives (decided as a non-priority class): "
             f"argmax {mp['argmax']}, policy {mp['policy']} ({change}).</p>"
         )
-        parts.append(plots.sweep_plot(val, t, policy))
+        if val is not None:
+            parts.append(plots.sweep_plot(val, t, policy))
     parts.append(plots.confusion_plot(cms, classes))
     parts.append("<h2>Calibration</h2>")
     parts.append(
         _table(
             ["", "ECE", "MCE"],
             [
-                ["before (test)", _num(cal["test_before"]["ece"]), _num(cal["test_before"]["mce"])],
                 [
-                    "after temperature scaling (test)",
+                    f"before ({where})",
+                    _num(cal["test_before"]["ece"]),
+                    _num(cal["test_before"]["mce"]),
+                ],
+                [
+                    f"after temperature scaling ({where})",
                     _num(cal["test_after"]["ece"]),
                     _num(cal["test_after"]["mce"]),
                 ],
             ],
         )
     )
+    fitted_on = (
+        "the new site's recalibration part" if metrics.get("recalibration") else "validation images"
+    )
     parts.append(
-        f"<p>Temperature T = {t:.3f}, fitted on {cal.get('n_validation', '?')} validation images "
+        f"<p>Temperature T = {t:.3f}, fitted on {cal.get('n_validation', '?')} {fitted_on} "
         "by minimising negative log-likelihood; it does not change any argmax.</p>"
     )
     parts.append(plots.reliability_plot(cal))
+    parts.append(recalibration_html(metrics))
+    parts.append(conformal_html(metrics))
+    if metrics.get("shift"):
+        parts.append(shift_html(metrics))
+    elif (metrics.get("trust") or {}).get("gate"):
+        parts.append("<h2>Input gate</h2>" + gate_html(metrics["trust"]["gate"]))
+    parts.append(subgroups_html(metrics))
+    parts.append(shortcut_html(metrics.get("shortcuts")))
     parts.append(_other_outputs_html(metrics, meta))
-    parts.append("<h2>Worklists (test)</h2>")
+    parts.append(f"<h2>Worklists ({where})</h2>")
     parts.append(_worklist_html(worklists, classes))
     section = run_dir / "explanations" / "section.html"
     if section.is_file():  # written by the run from medlens.explain (CAM scores + overlays)

@@ -8,6 +8,10 @@ Three lists, from test predictions and the bundle's decision policy:
   fire, where a small change in the image could flip the decision
   (:meth:`DecisionPolicy.borderline`, the rule the service uses too);
 - **confident but wrong** — the most probable class is wrong with probability ≥ ``confident``.
+
+With the run's input-check outcomes (:func:`with_trust_groups`) two more: **not assessed**
+(ungradable or out of distribution: no class was shown, a person reads them), listed first, and
+**uncertain** (a prediction set of more than one class: human review).
 """
 
 from __future__ import annotations
@@ -88,6 +92,55 @@ def build_worklists(
     return out
 
 
+TITLES = {
+    "not_assessed": "Not assessed (input check: ungradable or unlike the training images)",
+    "missed_positive": "Missed positives (priority class decided as non-priority)",
+    "borderline": "Borderline cases (near a threshold that can fire)",
+    "confident_wrong": "Confident but wrong",
+    "uncertain": "Uncertain — human review (prediction set of more than one class)",
+}
+
+
+def with_trust_groups(
+    worklists: dict[str, list[WorklistEntry]], predictions_csv: Path, classes: Sequence[str]
+) -> dict[str, list[WorklistEntry]]:
+    """``worklists`` with the not-assessed cases first and the uncertain ones last, read from
+    a run's ``test_predictions.csv`` (its ``status``/``reason``/``prediction_set`` columns).
+
+    Unchanged when the file is missing or predates those columns. A not-assessed case shows no
+    decision (``decision`` is empty); its probabilities are kept for audit only.
+    """
+    if not predictions_csv.is_file():
+        return worklists
+    with predictions_csv.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "status" not in rows[0]:
+        return worklists
+
+    def entry(kind: str, r: dict[str, str], reason: str, decision: str) -> WorklistEntry:
+        probs = {}
+        for c in classes:
+            try:
+                probs[c] = float(r.get(f"p_{c}") or "nan")
+            except ValueError:
+                probs[c] = float("nan")
+        return WorklistEntry(
+            kind, r["source"], r.get("true", ""), decision, r.get("predicted", ""), probs, reason
+        )
+
+    not_assessed = [
+        entry("not_assessed", r, f"{r['status']}: {r.get('reason', '')}", "")
+        for r in rows
+        if r.get("status", "ok") != "ok"
+    ]
+    uncertain = [
+        entry("uncertain", r, "set {" + ", ".join(r["prediction_set"].split()) + "}", r["decision"])
+        for r in rows
+        if r.get("status", "ok") == "ok" and len((r.get("prediction_set") or "").split()) > 1
+    ]
+    return {"not_assessed": not_assessed, **worklists, "uncertain": uncertain}
+
+
 def write_worklists_csv(
     worklists: dict[str, list[WorklistEntry]], classes: Sequence[str], path: Path
 ) -> None:
@@ -114,7 +167,7 @@ def write_worklists_csv(
                         e.true,
                         e.decision,
                         e.argmax,
-                        *[f"{e.probabilities[c]:.4f}" for c in classes],
+                        *[f"{e.probabilities.get(c, float('nan')):.4f}" for c in classes],
                         e.reason,
                     ]
                 )

@@ -5,7 +5,8 @@ used that region (ROAD faithfulness against a random heatmap).
 Modules: :mod:`.targets` (layer / reshape / head choice), :mod:`.cam` (the pytorch-grad-cam
 layer: :func:`explain`), :mod:`.scores` (localisation), :mod:`.faithfulness` (ROAD),
 :mod:`.draw` (drawing, ROI focus), :mod:`.images` (files through a bundle),
-:mod:`.section` (report HTML).
+:mod:`.section` (report HTML), :mod:`.modalities` (a fusion model's heatmap per modality and
+each modality's contribution) and :mod:`.modality_report` (its report section).
 
 Names are imported on first use (PEP 562), so ``import medlens.explain`` loads neither torch
 nor pytorch-grad-cam.
@@ -49,6 +50,12 @@ _EXPORTS = {
     "explain_images": "images",
     "localisation_summary": "images",
     "explanation_section_html": "section",
+    "FusionExplanation": "modalities",
+    "ModalityExplanation": "modalities",
+    "explain_modalities": "modalities",
+    "modality_contributions": "modalities",
+    "explain_fusion_cases": "modality_report",
+    "fusion_section_html": "modality_report",
 }
 
 __all__ = sorted(_EXPORTS)

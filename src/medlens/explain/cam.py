@@ -101,7 +101,7 @@ def compute_cam(
     x: torch.Tensor | np.ndarray,
     method: str = "gradcam++",
     target_class: int | None = None,
-    target_layer: nn.Module | str | None = None,
+    target_layer: nn.Module | str | LayerChoice | None = None,
     head: str | int | None = None,
     *,
     aug_smooth: bool = False,
@@ -115,7 +115,8 @@ def compute_cam(
 
     ``method``: one of :data:`METHODS`. ``target_class``: the output explained (default: the
     model's top class on ``x``). ``target_layer``: a module or dotted name (default: resolved per
-    model family). ``head``: which output of a dict/tuple-returning model (default: the model's
+    model family), or a :class:`LayerChoice` already resolved (a fusion model's wrapper, whose
+    layer lives in one encoder and keeps that encoder's reshape). ``head``: which output of a dict/tuple-returning model (default: the model's
     ``primary`` head, the one its class probabilities come from). ``aug_smooth`` /
     ``eigen_smooth``: the library's flags. ``n_samples`` / ``noise`` / ``seed``: SmoothGrad-CAM++
     copies and their Gaussian noise std as a fraction of the input's value range.
@@ -145,7 +146,11 @@ def compute_cam(
             if not 0 <= cls < k:
                 raise ExplainError(f"target_class {target_class} is outside 0..{k - 1}")
             prob = float(torch.softmax(logits.float(), 1)[0, cls])
-            choice = resolve_target_layer(model, xb, target_layer)
+            choice = (
+                target_layer
+                if isinstance(target_layer, LayerChoice)
+                else resolve_target_layer(model, xb, target_layer)
+            )
             # Gradients reach the target layer even when every parameter is frozen.
             xb.requires_grad_(True)
             cam = _run_library(

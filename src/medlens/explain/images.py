@@ -103,6 +103,11 @@ def explain_images(
     from medlens.explain.draw import on_original, overlay, save_png
 
     name = normalise_method(method)
+    if getattr(predictor, "modalities", None):
+        raise ExplainError(
+            "this bundle fuses several images: explain it per modality "
+            "(medlens.explain.explain_fusion_cases; its run report shows one heatmap per modality)"
+        )
     if mask_paths is not None and len(mask_paths) != len(images):
         raise ExplainError(f"{len(mask_paths)} masks for {len(images)} images")
     out = Path(out_dir)

@@ -18,9 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from medlens.evaluate.intervals import fmt_ci
-from medlens.explain.scores import BASELINES, METRICS
+from medlens.explain.scores import BASELINES, METRICS, RANDOM
 
-__all__ = ["explanation_section_html"]
+__all__ = [
+    "NO_EVIDENCE",
+    "evidence_line",
+    "explanation_section_html",
+    "heatmap_verdicts",
+]
+
+NO_EVIDENCE = (
+    "No localisation evidence for this model: its heatmaps were never checked against lesion masks."
+)
+VERDICTS = (
+    "points at the lesion more than random",
+    "no better than random",
+    "worse than random",
+)
 
 _LABELS = {
     "pointing_game": "Pointing game",
@@ -236,3 +250,72 @@ def explanation_section_html(
         parts.append(f"<p>Images that could not be explained:</p><ul>{items}</ul>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _verdict(cmp: dict[str, Any]) -> str | None:
+    """One method's verdict from its paired differences against the random heatmap.
+
+    A metric counts only when its interval lies wholly above (better) or below (worse) zero.
+    Better on some metric and worse on none: "points at the lesion more than random"; worse on
+    some and better on none: "worse than random"; anything else, including a mix: "no better
+    than random". None when no metric could be compared.
+    """
+    better = [m for m in METRICS if (cmp.get(m) or {}).get("better")]
+    worse = [m for m in METRICS if (cmp.get(m) or {}).get("worse")]
+    if not any((cmp.get(m) or {}).get("better") is not None for m in METRICS):
+        return None
+    if better and not worse:
+        return VERDICTS[0]
+    if worse and not better:
+        return VERDICTS[2]
+    return VERDICTS[1]
+
+
+def heatmap_verdicts(summary: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``{method: {"verdict", "line", "n", "faithful"}}`` from a run's explanation summary
+    (``explanations.json``: ``localisation`` + ``faithfulness``); {} when nothing was scored.
+
+    The one rule that turns localisation scores into the sentence shown beside every heatmap
+    (result page, PDF, ``medlens explain``), so no channel words it differently.
+    """
+    if not summary:
+        return {}
+    loc = summary.get("localisation", summary if "metrics" in summary else None) or {}
+    faith = (summary.get("faithfulness") or {}).get("methods") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for m, res in (loc.get("methods") or {}).items():
+        if m in BASELINES:
+            continue
+        verdict = _verdict((res.get("vs_baselines") or {}).get(RANDOM) or {})
+        if verdict is None:
+            continue
+        pg, rnd = res.get("pointing_game") or {}, (loc["methods"].get(RANDOM) or {})
+        pg_r = rnd.get("pointing_game") or {}
+        n = int(res.get("n", 0))
+        line = f"Heatmap evidence ({m}): {verdict} on {n} test images with lesion masks"
+        if isinstance(pg.get("value"), int | float) and isinstance(pg_r.get("value"), int | float):
+            line += (
+                f" (hits the lesion {pg['value']:.0%} of the time vs {pg_r['value']:.0%} "
+                "for random noise)"
+            )
+        f = faith.get(m) or {}
+        if f.get("faithful") is True:
+            line += "; removing what it marks changes the prediction (faithful)"
+        elif f.get("faithful") is False:
+            line += "; not shown to be faithful to the model"
+        out[m] = {"verdict": verdict, "line": line + ".", "n": n, "faithful": f.get("faithful")}
+    return out
+
+
+def evidence_line(verdicts: dict[str, dict[str, Any]] | None, method: str) -> str:
+    """The one line of evidence shown beside a heatmap of ``method``.
+
+    A method the run did not score borrows nothing from another: it says no evidence exists.
+    """
+    if not verdicts:
+        return NO_EVIDENCE
+    v = verdicts.get(method)
+    if v is None:
+        scored = ", ".join(sorted(verdicts))
+        return f"No localisation evidence for {method} on this model (scored: {scored})."
+    return str(v["line"])

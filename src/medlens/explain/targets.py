@@ -29,6 +29,7 @@ from medlens.errors import MedlensError
 from medlens.models.registry import model_info
 
 __all__ = [
+    "MIN_CAM_SIDE",
     "ExplainError",
     "LayerChoice",
     "OutputSelect",
@@ -186,12 +187,21 @@ _RULES: tuple[tuple[str, Callable[[nn.Module], nn.Module], str], ...] = (
 )
 
 
-def probe_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, str]:
-    """The last module (in completion order) whose output is an ``N x C x H x W`` map.
+#: the probe prefers a map at least this many cells on each side: a heat map read from a 2 x 2
+#: map (a ResNet's last stage at 64 px) cannot point at a lesion, so an earlier stage is read
+MIN_CAM_SIDE = 8
 
-    One no-grad forward with a hook on every submodule. Maps of 1 x 1 (after global pooling)
-    do not count; if nothing larger exists the last 4-D output is used. A container's hook fires
-    after its children's, so a stage is preferred over its own last block: same tensor.
+
+def probe_last_spatial_layer(
+    model: nn.Module, x: torch.Tensor, min_side: int = MIN_CAM_SIDE
+) -> tuple[nn.Module, str]:
+    """The last module (in completion order) whose output is an ``N x C x H x W`` map at least
+    ``min_side`` cells on each side (fine enough to point at a lesion).
+
+    One no-grad forward with a hook on every submodule. When no map is that fine, the last map
+    larger than 1 x 1 (global pooling) is used; if nothing larger exists, the last 4-D output.
+    A container's hook fires after its children's, so a stage is preferred over its own last
+    block: same tensor.
     """
     seen: list[tuple[nn.Module, tuple[int, ...]]] = []
 
@@ -211,7 +221,8 @@ def probe_last_spatial_layer(model: nn.Module, x: torch.Tensor) -> tuple[nn.Modu
             f"{type(model).__name__} produces no 4-D feature map; give target_layer= explicitly"
         )
     spatial = [s for s in seen if s[1][2] * s[1][3] > 1]
-    layer, _ = (spatial or seen)[-1]
+    fine = [s for s in spatial if min(s[1][2], s[1][3]) >= min(min_side, x.shape[-2], x.shape[-1])]
+    layer, _ = (fine or spatial or seen)[-1]
     return layer, module_name(model, layer)
 
 
@@ -290,7 +301,8 @@ def resolve_target_layer(
         layer = target_layer
     if layer is None:
         layer, _ = probe_last_spatial_layer(model, x)
-        rule, layout = "probe: last module with a spatial 4-D output", "nchw"
+        rule = f"probe: last module with a 4-D output at least {MIN_CAM_SIDE} cells a side"
+        layout = "nchw"
     reshape: TokenReshape | None = None
     if layout == "tokens":
         grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)

@@ -168,7 +168,7 @@ class FusionModel(nn.Module):
         }
 
 
-@register_model("fusion", kind="fusion", inputs="modalities", cam="none")
+@register_model("fusion", kind="fusion", inputs="modalities", cam="modalities")
 def fusion(
     num_classes: int,
     in_chans: int = 1,

@@ -41,14 +41,16 @@ class ModelInfo:
     ``kind`` says how it trains (the fitter table in ``medlens.train.fitters`` is keyed by it) and
     how it is evaluated and served; ``inputs`` is ``"image"`` (one tensor) or ``"modalities"`` (a
     dict of optional tensors, fusion); ``cam`` is how a heatmap layer is found: ``"auto"`` (family
-    rules, then a probe), ``"member"`` (the dominant member of an ensemble) or ``"none"`` (no layer
+    rules, then a probe), ``"member"`` (the dominant member of an ensemble), ``"modalities"``
+    (one heatmap per modality, each from its own encoder, for the fused output: a fusion model,
+    see :mod:`medlens.explain.modalities`) or ``"none"`` (no layer
     a CAM can read); ``exportable`` says whether the network can be traced to a graph (ONNX).
     """
 
     name: str
     kind: ModelKind = "network"
     inputs: Literal["image", "modalities"] = "image"
-    cam: Literal["auto", "member", "none"] = "auto"
+    cam: Literal["auto", "member", "modalities", "none"] = "auto"
     exportable: bool = True
     builder: ModelBuilder | None = None
 
@@ -65,7 +67,7 @@ def register_model(
     *,
     kind: ModelKind = "network",
     inputs: Literal["image", "modalities"] = "image",
-    cam: Literal["auto", "member", "none"] = "auto",
+    cam: Literal["auto", "member", "modalities", "none"] = "auto",
     exportable: bool = True,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: register ``fn(num_classes, in_chans, pretrained, **kw) -> nn.Module``.

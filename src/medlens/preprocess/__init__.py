@@ -14,6 +14,7 @@ job, one layer up) and never modifies its input.
 from __future__ import annotations
 
 from medlens.preprocess.exposure import ExposureReport, clahe, exposure_check
+from medlens.preprocess.form import common_form, standardize
 from medlens.preprocess.ops import (
     PreprocessError,
     crop_black_border,
@@ -25,6 +26,7 @@ from medlens.preprocess.ops import (
 from medlens.preprocess.pipeline import Pipeline, PreprocessResult, align_mask
 from medlens.preprocess.steps import (
     ClaheStep,
+    CommonFormStep,
     CropBorderStep,
     ExposureCheckStep,
     GrayscaleStep,
@@ -32,10 +34,12 @@ from medlens.preprocess.steps import (
     PreprocessStep,
     ResizeStep,
     RgbStep,
+    StandardizeStep,
 )
 
 __all__ = [
     "ClaheStep",
+    "CommonFormStep",
     "CropBorderStep",
     "ExposureCheckStep",
     "ExposureReport",
@@ -47,12 +51,15 @@ __all__ = [
     "PreprocessStep",
     "ResizeStep",
     "RgbStep",
+    "StandardizeStep",
     "align_mask",
     "clahe",
+    "common_form",
     "crop_black_border",
     "exposure_check",
     "normalize",
     "resize",
+    "standardize",
     "to_channels",
     "to_chw",
 ]

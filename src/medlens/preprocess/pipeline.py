@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from medlens.common import bytes_sha256
+from medlens.common import bytes_sha256, resize_nearest
 from medlens.errors import MedlensError, RecipeError
 from medlens.preprocess.exposure import clahe, exposure_check
+from medlens.preprocess.form import common_form, standardize
 from medlens.preprocess.ops import (
     PreprocessError,
     _as_image,
@@ -34,6 +35,7 @@ from medlens.preprocess.ops import (
 from medlens.preprocess.steps import (
     _STEPS_ADAPTER,
     ClaheStep,
+    CommonFormStep,
     CropBorderStep,
     ExposureCheckStep,
     GrayscaleStep,
@@ -41,6 +43,7 @@ from medlens.preprocess.steps import (
     PreprocessStep,
     ResizeStep,
     RgbStep,
+    StandardizeStep,
     _Step,
 )
 
@@ -119,10 +122,10 @@ class Pipeline:
             )
         last_resize = resize_idx[-1]
         for i in range(last_resize + 1, n):
-            if isinstance(self.steps[i], CropBorderStep):
+            if isinstance(self.steps[i], CropBorderStep | CommonFormStep):
                 raise RecipeError(
-                    f"preprocess step {i + 1} (crop_border) comes after the last resize and would "
-                    "change the output size; move crop_border before resize"
+                    f"preprocess step {i + 1} ({self.steps[i].step}) comes after the last resize "
+                    f"and would change the output size; move {self.steps[i].step} before resize"
                 )
         channel_idx = [
             i for i, s in enumerate(self.steps) if isinstance(s, GrayscaleStep | RgbStep)
@@ -251,6 +254,11 @@ class Pipeline:
                 if flagged or not s.only_if_flagged:
                     x = clahe(x, s.clip_limit, s.tile_grid)
                     info["clahe_applied"] = True
+            elif isinstance(s, CommonFormStep):
+                x, box = common_form(x, s.aspect, s.mode)
+                info.setdefault("form_boxes", []).append([s.mode, *box])
+            elif isinstance(s, StandardizeStep):
+                x = standardize(x, s.low, s.high, s.ignore_black)
             elif isinstance(s, ResizeStep):
                 x = resize(x, s.size, s.keep_aspect)
             elif isinstance(s, NormalizeStep):
@@ -258,17 +266,6 @@ class Pipeline:
         display = np.ascontiguousarray(x, dtype=np.float32)
         image = to_chw(display if out is None else out)
         return PreprocessResult(image=image, info=info, display=display)
-
-
-def _nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize mapping pixel centres (the rule ``read_mask(shape=...)`` uses)."""
-    rows, cols = shape
-    h, w = mask.shape
-    if (h, w) == (rows, cols):
-        return mask
-    ri = np.minimum(((np.arange(rows) + 0.5) * h / rows).astype(np.intp), h - 1)
-    ci = np.minimum(((np.arange(cols) + 0.5) * w / cols).astype(np.intp), w - 1)
-    return mask[ri[:, None], ci[None, :]]
 
 
 def align_mask(mask: np.ndarray, pipeline: Any, info: dict[str, Any]) -> np.ndarray:
@@ -290,7 +287,7 @@ def align_mask(mask: np.ndarray, pipeline: Any, info: dict[str, Any]) -> np.ndar
     if m.ndim != 2:
         raise MedlensError(f"a mask must be H x W, got shape {m.shape}")
     shape = (int(info["original_shape"][0]), int(info["original_shape"][1]))
-    m = _nearest(m, shape)
+    m = resize_nearest(m, shape)
     crop = info.get("crop_bbox")
     cropped = False
     for step in pipeline.steps:
@@ -298,6 +295,8 @@ def align_mask(mask: np.ndarray, pipeline: Any, info: dict[str, Any]) -> np.ndar
             y0, y1, x0, x1 = (int(v) for v in crop)
             m = m[y0:y1, x0:x1]
             cropped = True
+        elif isinstance(step, CommonFormStep):
+            m = common_form(m.astype(np.float32), step.aspect, step.mode)[0] >= 0.5
         elif isinstance(step, ResizeStep):
             m = resize(m.astype(np.float32), step.size, step.keep_aspect) >= 0.5
     return np.ascontiguousarray(m, dtype=bool)

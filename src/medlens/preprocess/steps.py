@@ -15,6 +15,7 @@ from medlens.preprocess.ops import _size_hw
 
 __all__ = [
     "ClaheStep",
+    "CommonFormStep",
     "CropBorderStep",
     "ExposureCheckStep",
     "GrayscaleStep",
@@ -22,6 +23,7 @@ __all__ = [
     "PreprocessStep",
     "ResizeStep",
     "RgbStep",
+    "StandardizeStep",
 ]
 
 
@@ -88,6 +90,25 @@ class ResizeStep(_Step):
         return _size_hw(self.size)
 
 
+class CommonFormStep(_Step):
+    """One aspect ratio for every image (centred crop or pad): size/aspect stop telling sources
+    apart (see :func:`medlens.preprocess.form.common_form`). Put it before ``resize``."""
+
+    step: Literal["common_form"] = "common_form"
+    aspect: float = Field(1.0, gt=0.0, description="width / height")
+    mode: Literal["crop", "pad"] = "crop"
+
+
+class StandardizeStep(_Step):
+    """Per-image intensity standardisation: its own percentiles to [0, 1], so a source's
+    brightness or gain carries nothing (see :func:`medlens.preprocess.form.standardize`)."""
+
+    step: Literal["standardize"] = "standardize"
+    low: float = Field(1.0, ge=0.0, lt=50.0, description="percentile mapped to 0")
+    high: float = Field(99.0, gt=50.0, le=100.0, description="percentile mapped to 1")
+    ignore_black: bool = False
+
+
 class NormalizeStep(_Step):
     """Per-channel ``(x - mean) / std``; one value per output channel."""
 
@@ -111,6 +132,8 @@ PreprocessStep = Annotated[
     | ExposureCheckStep
     | ClaheStep
     | ResizeStep
+    | CommonFormStep
+    | StandardizeStep
     | NormalizeStep,
     Field(discriminator="step"),
 ]

@@ -4,6 +4,14 @@ Every change that should end someone's access ends it at once: a password reset 
 account deletes that user's server-side sessions (and a disabled account's API tokens stop
 working, since :func:`bearer_user` checks the account). The last active administrator cannot be
 disabled or demoted, so a server is never left without one.
+
+Who can create accounts: the very first account of a new server (it becomes the administrator;
+servers that must not let the first visitor do that create it with ``medlens serve-admin``),
+then administrators (Administration page, ``serve-admin``). Open self-service sign-up is off by
+default - a hospital knows its staff, and open sign-up necessarily tells a stranger that a
+username is taken. When an administrator opens it, that one answer is all it reveals: the
+password is checked before the username is looked up, a refused username costs the same argon2
+hash as a created account, and every attempt counts against the client's sign-up limit.
 """
 
 from __future__ import annotations
@@ -36,21 +44,30 @@ def list_users(db: Session) -> list[User]:
 
 
 def create_user(
-    db: Session, username: str, password: str, *, role: str | None, min_password_length: int
+    db: Session,
+    username: str,
+    password: str,
+    *,
+    role: str | None,
+    min_password_length: int,
+    min_password_score: int = 3,
 ) -> User:
     """Create an account. ``role=None``: the first account becomes admin, later ones clinician."""
     username = username.strip()
     if problem := security.username_problem(username):
         raise Refused(400, problem)
-    if problem := security.password_problem(password, username, min_password_length):
+    if problem := security.password_problem(
+        password, username, min_password_length, min_password_score
+    ):
         raise Refused(400, problem)
+    password_hash = security.hash_password(password)  # paid whether or not the name is free
     if find_user(db, username) is not None:
-        raise Refused(409, "That username is taken.")
+        raise Refused(409, "That username cannot be used: choose another.")
     if role is None:
         role = "admin" if db.scalar(select(func.count()).select_from(User)) == 0 else "clinician"
     if role not in ROLES:
         raise Refused(400, "role must be admin or clinician")
-    user = User(username=username, password_hash=security.hash_password(password), role=role)
+    user = User(username=username, password_hash=password_hash, role=role)
     db.add(user)
     db.commit()
     return user

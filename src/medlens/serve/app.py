@@ -4,14 +4,19 @@
 Start-up is all-or-nothing: the workspace is created (owner-only), the database migrated with the
 package's Alembic scripts, every bundle verified, loaded and warmed with one prediction (the
 log says when each model is ready); any failure stops the server before it listens. Nothing else
-has to run: SQLite is the default database and the batch worker is a thread of this process.
+has to run: SQLite is the default database and a batch worker runs as a thread of each web
+process (``batch_worker``). Nothing lives only in this process - sessions, throttling and the
+batch queue are in the database - so ``run(..., workers=N)`` starts N uvicorn processes, and
+``medlens worker`` adds batch workers on other machines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -23,14 +28,23 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medlens.serve import accounts, api, docs, security, web, web_accounts, web_batch
+from medlens.serve import (
+    accounts,
+    api,
+    docs,
+    security,
+    web,
+    web_accounts,
+    web_batch,
+    web_dicom,
+)
 from medlens.serve.admin import create_account
-from medlens.serve.db import User, make_engine, migrate, session_factory
+from medlens.serve.db import User, make_engine, migrate
 from medlens.serve.deps import SESSION_COOKIE, CsrfFailed, LoginRequired
-from medlens.serve.engine import ModelRegistry
-from medlens.serve.jobs import BatchRunner
+from medlens.serve.jobs import Worker, sweep_orphans
+from medlens.serve.problems import error_body
 from medlens.serve.settings import MB, ServeSettings
-from medlens.serve.state import NotFound, Refused, ServeState, load_secret
+from medlens.serve.state import NotFound, Refused, open_state
 from medlens.serve.storage import Workspace
 from medlens.serve.templating import login_redirect, render
 
@@ -39,7 +53,14 @@ __all__ = ["create_account", "create_app", "run"]
 log = logging.getLogger("medlens.serve")
 HERE = Path(__file__).parent
 # Every route of the service: pages (CSRF-checked, not in the schema), the REST API, its docs.
-ROUTERS = (web_accounts.router, web.router, web_batch.router, api.router, docs.router)
+ROUTERS = (
+    web_accounts.router,
+    web.router,
+    web_batch.router,
+    web_dicom.router,
+    api.router,
+    docs.router,
+)
 
 
 def _is_api(request: Request) -> bool:
@@ -53,9 +74,15 @@ def _visitor(request: Request) -> User | None:
     return None
 
 
-def _error(request: Request, status: int, message: str) -> Response:
+def _error(
+    request: Request,
+    status: int,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     if _is_api(request):
-        return JSONResponse({"detail": message}, status_code=status)
+        return JSONResponse(error_body(status, message, field), status_code=status, headers=headers)
     try:
         return render(
             request,
@@ -63,6 +90,7 @@ def _error(request: Request, status: int, message: str) -> Response:
             {"status": status, "message": message},
             user=_visitor(request),
             status=status,
+            headers=headers,
         )
     except Exception:  # never fail while reporting a failure
         return PlainTextResponse(message, status_code=status)
@@ -72,30 +100,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """Build the ASGI app: migrate the database, load the bundles, wire routes and hardening."""
     from PIL import Image
 
-    workspace = Workspace(settings.workspace)
-    engine = make_engine(settings.resolved_database_url())
-    migrate(engine)
-    sessions = session_factory(engine)
-    models = ModelRegistry(list(settings.bundles), device=settings.device)
-    if settings.warm_models:
-        models.warm_up()  # the first upload must not pay for library set-up
-    with sessions() as db:
-        secret = load_secret(db)
+    state = open_state(settings)
     # Pillow refuses (DecompressionBombError) anything over twice this, warns above it.
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
-    state = ServeState(
-        settings=settings,
-        sessions=sessions,
-        workspace=workspace,
-        models=models,
-        secret=secret,
-        limiter=security.RateLimiter(settings.login_window_s),
-    )
-    state.jobs = BatchRunner(state)
-    state.jobs.mark_interrupted()
+    sweep_orphans(state)
+    if settings.batch_worker:
+        state.jobs = Worker(state)
+        state.jobs.start()
     if settings.warm_explanations:
         # The CAM library takes seconds to import; pay that now, not on the first result page.
         threading.Thread(target=_warm_explanations, name="medlens-warm", daemon=True).start()
+    models = state.models
     log.info(
         "medlens ready: %d model(s) loaded and warmed (%s)",
         len(models),
@@ -105,8 +120,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        state.jobs.stop()
-        engine.dispose()
+        if state.jobs is not None:
+            state.jobs.stop()
+        if state.engine is not None:
+            state.engine.dispose()
 
     from medlens import __version__
 
@@ -141,7 +158,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.exception_handler(LoginRequired)
     async def _login(request: Request, exc: LoginRequired) -> Response:
         if _is_api(request):
-            return JSONResponse({"detail": "authentication required"}, status_code=401)
+            return _error(request, 401, "authentication required")
         return login_redirect(exc.next_path)
 
     @app.exception_handler(CsrfFailed)
@@ -159,23 +176,19 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> Response:
-        return _error(request, exc.status, exc.message)
+        return _error(request, exc.status, exc.message, exc.field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if _is_api(request):
-            return JSONResponse(
-                {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-            )
-        return _error(request, exc.status_code, str(exc.detail))
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return _error(request, exc.status_code, message, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
-            for e in exc.errors()
-        )
-        return _error(request, 422, f"Invalid request: {problems}")
+        errors = exc.errors()
+        fields = [".".join(str(p) for p in e.get("loc", ())) or "request" for e in errors]
+        problems = "; ".join(f"{f}: {e.get('msg')}" for f, e in zip(fields, errors, strict=True))
+        return _error(request, 422, f"Invalid request: {problems}", fields[0] if fields else None)
 
     return app
 
@@ -200,6 +213,16 @@ def _loopback(host: str) -> bool:
         return False
 
 
+SETTINGS_ENV = "MEDLENS_SERVE_SETTINGS"
+
+
+def app_from_env() -> FastAPI:
+    """The app factory each uvicorn worker process calls (``run(..., workers=N)``): settings
+    arrive as JSON in ``$MEDLENS_SERVE_SETTINGS``, since a process cannot inherit objects."""
+    logging.basicConfig(level=logging.INFO)
+    return create_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
 def run(
     bundles: Sequence[Path],
     host: str = "127.0.0.1",
@@ -210,13 +233,16 @@ def run(
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
     log_level: str = "info",
+    workers: int = 1,
     **opts: Any,
 ) -> None:
-    """Serve ``bundles`` with uvicorn (one process: the batch worker and rate limits live in it).
+    """Serve ``bundles`` with uvicorn, in ``workers`` processes.
 
     ``opts`` are :class:`ServeSettings` fields (``max_upload_mb``, ``signup_open``, ``llm_url``...).
     Binding anything but loopback without TLS is allowed (a TLS proxy may sit in front) but warned
-    about, since session cookies would otherwise cross the network in clear text.
+    about, since session cookies would otherwise cross the network in clear text. With several
+    workers the database is migrated once here, before they start; each worker process then
+    loads the models itself.
     """
     import uvicorn
 
@@ -232,15 +258,21 @@ def run(
             "cookie_secure=True",
             host,
         )
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        log_level=log_level,
-        proxy_headers=False,  # X-Forwarded-For would let a client dodge the login rate limit
-        server_header=False,
-        workers=1,
-    )
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "ssl_certfile": ssl_certfile,
+        "ssl_keyfile": ssl_keyfile,
+        "log_level": log_level,
+        "proxy_headers": False,  # X-Forwarded-For would let a client dodge the login throttle
+        "server_header": False,
+    }
+    if workers <= 1:
+        uvicorn.run(create_app(settings), workers=1, **common)
+        return
+    Workspace(settings.workspace)  # the folder (and its SQLite file) exist before the workers
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    engine.dispose()
+    os.environ[SETTINGS_ENV] = json.dumps(settings.model_dump(mode="json"))
+    uvicorn.run("medlens.serve.app:app_from_env", factory=True, workers=workers, **common)

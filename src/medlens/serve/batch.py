@@ -1,8 +1,10 @@
 """Batches, shared by the Batch pages and the REST API: intake (files and zips read in memory,
 limits enforced), the job and its items, the worklist order and its CSV export.
 
-The files themselves are processed by :class:`medlens.serve.jobs.BatchRunner` (one worker
-thread) through exactly the single-upload path.
+Intake stages every file in the workspace, checked and de-identified (:mod:`.intake`), and
+records one queued item per file; the files are then processed by any worker through exactly
+the single-upload path (:mod:`.jobs`). A file refused at intake is recorded as a failed item
+with its reason, so the worklist still lists every file that was sent.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from medlens.inference import DISCLAIMER
 from medlens.serve import security
-from medlens.serve.db import BatchItem, BatchJob, User
-from medlens.serve.services import delete_result, extras, owned
+from medlens.serve.db import ITEM_FAILED, ITEM_QUEUED, BatchItem, BatchJob, User, utcnow
+from medlens.serve.intake import stage_bytes
+from medlens.serve.services import delete_result, extras, owned, trust_cells
 from medlens.serve.state import NotFound, ServeState
 from medlens.serve.uploads import BatchEntry, UploadRejected, read_zip, sanitise_name
 
@@ -60,13 +63,52 @@ def batch_entries(st: ServeState, files: list[Any]) -> list[BatchEntry]:
 def create_job(
     st: ServeState, db: Session, user: User, entries: list[BatchEntry], model_key: str
 ) -> BatchJob:
-    job = BatchJob(id=security.new_id(), user_id=user.id, bundle_key=model_key, total=len(entries))
+    """Stage each file (checked, de-identified) and queue it; refused files fail at once.
+
+    Files are written before the rows commit: a crash in between leaves staged files that no
+    row refers to, which :func:`medlens.serve.jobs.sweep_orphans` removes.
+    """
+    s = st.settings
+    job_id = security.new_id()
+    items: list[BatchItem] = []
+    failed = 0
+    for i, e in enumerate(entries):
+        item = BatchItem(job_id=job_id, position=i, display_name=e.display_name)
+        error = e.error
+        if error is None and e.data is not None:
+            try:
+                staged = stage_bytes(
+                    e.data,
+                    max_bytes=s.max_upload_bytes,
+                    max_pixels=s.max_pixels,
+                    keep_dicom_identifiers=s.keep_dicom_identifiers,
+                )
+                item.staged_key = st.workspace.stage(job_id, i, staged)
+                item.status = ITEM_QUEUED
+            except UploadRejected as exc:
+                error = exc.message
+        elif error is None:
+            error = "the file could not be read"
+        e.data = None  # the bytes now live on disk (or were refused): release them
+        if error is not None:
+            item.status, item.error = ITEM_FAILED, error[:500]
+            failed += 1
+        items.append(item)
+    job = BatchJob(
+        id=job_id,
+        user_id=user.id,
+        bundle_key=model_key,
+        total=len(entries),
+        done=failed,
+        failed=failed,
+        status="queued" if failed < len(entries) else "done",
+        finished_at=None if failed < len(entries) else utcnow(),
+    )
     db.add(job)
     db.flush()  # the job row must exist before its items reference it
-    for i, e in enumerate(entries):
-        db.add(BatchItem(job_id=job.id, position=i, display_name=e.display_name))
+    db.add_all(items)
     db.commit()
-    st.jobs.submit(job.id, user.id, model_key, entries)
+    st.wake_workers()
     return job
 
 
@@ -98,11 +140,15 @@ def worklist(db: Session, job: BatchJob) -> list[BatchItem]:
 
 
 def delete_job(st: ServeState, db: Session, job: BatchJob) -> None:
+    staged = []
     for it in worklist(db, job):
+        staged.append(it.staged_key)
         if it.result is not None:
             delete_result(st, db, it.result)
     db.execute(delete(BatchJob).where(BatchJob.id == job.id))
     db.commit()
+    for key in staged:
+        st.workspace.unstage(key)
 
 
 def _cell(text: str) -> str:
@@ -120,6 +166,10 @@ def worklist_csv(st: ServeState, db: Session, job: BatchJob) -> str:
         [
             "rank",
             "file",
+            "status",  # not assessed (ungradable / out_of_distribution) rank first
+            "reason",
+            "prediction_set",
+            "uncertain",
             "decision",
             "decision_probability",
             "risk",
@@ -137,13 +187,14 @@ def worklist_csv(st: ServeState, db: Session, job: BatchJob) -> str:
     for rank, it in enumerate(worklist(db, job), start=1):
         r = it.result
         if r is None:
-            blanks = [""] * (4 + len(classes) + 5)
+            blanks = [""] * (8 + len(classes) + 5)
             w.writerow([rank, _cell(it.display_name), *blanks, _cell(it.error or ""), DISCLAIMER])
             continue
         w.writerow(
             [
                 rank,
                 _cell(it.display_name),
+                *trust_cells(r),
                 r.decision,
                 f"{r.probabilities.get(r.decision, 0.0):.4f}",
                 f"{r.risk:.4f}",

@@ -5,6 +5,15 @@ package), never by ``create_all``: a server upgraded in place migrates its exist
 instead of silently running against an old schema. SQLite (one file in the workspace) is the
 default so the service starts with no other process; PostgreSQL works through ``DATABASE_URL``.
 
+Everything the service must share between processes lives here too, so that any number of web
+processes (``medlens serve --workers N``) and batch workers (``medlens worker``) can run against
+one database: sessions, login throttling (:class:`Throttle`), and the batch queue (each
+:class:`BatchItem` has its own status, claim and lease). PostgreSQL rather than Redis: the
+database is already required, already backed up and already transactional, so a job claim and
+the result it produces commit together (a crash leaves either both or neither); a second
+stateful service would add a failure mode and nothing these volumes (hundreds of files a batch,
+a few logins a minute) need.
+
 What is stored is the minimum a clinician's history needs: no patient names, IDs or birth dates
 (DICOM identifiers are removed before an image is stored), no client IP addresses, no plaintext
 passwords or tokens (argon2id hashes; SHA-256 of random session and API tokens).
@@ -175,9 +184,17 @@ class Result(Base):
     # before migration 0002, and results of plain single-image models, have neither.
     heads: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     modalities_used: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # Input gate and conformal set (migration 0005): {status, reason, gate, prediction_set,
+    # uncertain, input_check}. Null for results stored before: read as "ok", check absent.
+    trust: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     image: Mapped[StoredImage] = relationship(lazy="joined")
     user: Mapped[User] = relationship(lazy="joined")
+
+
+# A batch item's life: queued (its de-identified file staged in the workspace) -> running
+# (claimed by one worker until ``lease_until``) -> done (``result_id`` set) or failed (``error``).
+ITEM_QUEUED, ITEM_RUNNING, ITEM_DONE, ITEM_FAILED = "queued", "running", "done", "failed"
 
 
 class BatchItem(Base):
@@ -191,8 +208,30 @@ class BatchItem(Base):
         ForeignKey("results.id", ondelete="SET NULL"), nullable=True
     )
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The durable queue (migration 0004): status, the staged file, who holds it and until when.
+    status: Mapped[str] = mapped_column(String(16), default=ITEM_QUEUED, index=True)
+    staged_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
     result: Mapped[Result | None] = relationship(lazy="joined")
+
+
+class Throttle(Base):
+    """A rate-limit counter shared by every process (migration 0004).
+
+    ``key`` is an HMAC of the logical key (``pair:<user>|<client>``, ``ip:<address>``...), so
+    neither usernames typed by strangers nor client addresses are stored readable.
+    """
+
+    __tablename__ = "throttle"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class AppSetting(Base):
@@ -204,8 +243,18 @@ class AppSetting(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+def normalise_url(url: str) -> str:
+    """``postgresql://`` (or Heroku-style ``postgres://``) without a driver means psycopg 3, the
+    driver the ``serve`` extra installs (SQLAlchemy's own default would be psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and cross-thread use."""
+    url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
@@ -223,16 +272,27 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the database to the newest schema with the package's Alembic scripts."""
+MIGRATION_LOCK = 0x6D65646C656E73  # "medlens": the PostgreSQL advisory lock migrations take
+
+
+def migrate(engine: Engine, revision: str = "head", *, downgrade: bool = False) -> None:
+    """Bring the database to ``revision`` (the newest schema by default) with the package's
+    Alembic scripts.
+
+    On PostgreSQL the migration holds a transaction-level advisory lock, so a web process and a
+    worker started together (compose) never run the same migration twice; SQLite serialises
+    writers by itself.
+    """
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        (command.downgrade if downgrade else command.upgrade)(cfg, revision)
 
 
 def session_factory(engine: Engine) -> sessionmaker:

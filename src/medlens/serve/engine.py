@@ -10,6 +10,12 @@ What kind of model a bundle holds (ensemble, fusion...) is asked of the model re
 :attr:`Predictor.model_info`, never read from its name. The explanation library is imported
 lazily inside :meth:`Predictor.heatmap` only, so a server whose explanation extras are missing or
 broken still predicts and says "heatmap unavailable".
+
+Throughput (issue #12): predictions of one model go through its :class:`MicroBatcher`, so
+concurrent uploads share a forward pass (:meth:`Predictor.predict_many`, the single-image rules
+per image); under the torch engine a batch holds the model's lock (heatmap hooks), under ONNX
+it does not need to (heatmaps use the separate torch model). Heatmaps of all models share the
+registry's bounded :class:`HeatmapPool`.
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medlens.inference import DEMO_NOTICE, Prediction, Predictor
+from medlens.inference import DEMO_NOTICE, LoadedImage, Prediction, Predictor
+from medlens.serve.heatmaps import HeatmapPool
+from medlens.serve.microbatch import MicroBatcher
+
+if TYPE_CHECKING:
+    from medlens.serve.settings import ServeSettings
 
 __all__ = ["DEMO_NOTICE", "METHODS", "METHOD_LABELS", "LoadedModel", "ModelRegistry", "Triage"]
 
@@ -56,6 +67,23 @@ class LoadedModel:
     predictor: Predictor
     lock: threading.Lock = field(default_factory=threading.Lock)
     warm_seconds: float | None = None  # how long the start-up warm-up took (None: not warmed)
+    batcher: MicroBatcher | None = None  # None: each prediction alone, under the lock
+
+    def start_batching(self, max_batch: int, max_wait_s: float) -> None:
+        """Route :meth:`predict` through a micro-batcher of at most ``max_batch`` images."""
+        self.batcher = MicroBatcher(
+            self._predict_batch,
+            max_batch=max_batch,
+            max_wait_s=max_wait_s,
+            name=f"batch-{self.key[:24]}",
+        )
+
+    def _predict_batch(self, images: list[Any]) -> list[Prediction | Exception]:
+        """One forward pass for ``images``; an unreadable image gets its own error."""
+        if self.predictor.engine.name == "torch":  # CAM hooks live on this very network
+            with self.lock:
+                return list(self.predictor.predict_many(images, batch_size=len(images)))
+        return list(self.predictor.predict_many(images, batch_size=len(images)))
 
     @property
     def name(self) -> str:
@@ -145,6 +173,17 @@ class LoadedModel:
         pol = self.predictor.policy
         return dict(pol.thresholds) if pol is not None else {}
 
+    @property
+    def coverage(self) -> float | None:
+        """Coverage of the bundle's conformal prediction sets (None: it has none)."""
+        sets = self.predictor.sets
+        return sets.coverage if sets is not None else None
+
+    @property
+    def evidence(self) -> dict[str, dict[str, Any]] | None:
+        """The bundle's heatmap verdicts per method (None: no localisation evidence)."""
+        return self.predictor.trust.evidence
+
     def test_figures(self) -> list[tuple[str, str]]:
         """Held-out test figures with their intervals, ``[(name, text)]`` ([] if none)."""
         return self.predictor.test_figures()
@@ -179,6 +218,7 @@ class LoadedModel:
                 for k, v in self.head_specs.items()
             },
             "modalities": self.modalities,
+            "trust": self.predictor.trust.describe(),
         }
 
     def warm_up(self) -> float:
@@ -189,7 +229,11 @@ class LoadedModel:
         self.warm_seconds = time.perf_counter() - t0
         return self.warm_seconds
 
-    def predict(self, image: np.ndarray) -> Prediction:
+    def predict(self, image: np.ndarray | LoadedImage) -> Prediction:
+        """Pass the :class:`LoadedImage` an upload was decoded into, not its ``array``: the
+        input check reads the decoded figures, which the [0, 1] array no longer shows."""
+        if self.batcher is not None:
+            return self.batcher.submit(image)
         with self.lock:
             return self.predictor.predict(image)
 
@@ -231,7 +275,13 @@ class LoadedModel:
 class ModelRegistry:
     """The bundles this server serves, keyed ``<slug of name>-<first 8 of sha256>``."""
 
-    def __init__(self, bundles: list[Path], device: str = "cpu") -> None:
+    def __init__(
+        self, bundles: list[Path], device: str = "cpu", settings: ServeSettings | None = None
+    ) -> None:
+        s = settings
+        self.heatmaps = HeatmapPool(
+            s.heatmap_workers if s else 1, s.heatmap_cache_entries if s else 64
+        )
         self.models: dict[str, LoadedModel] = {}
         for path in bundles:
             pred = Predictor.from_bundle(path, device=device)
@@ -240,6 +290,10 @@ class ModelRegistry:
             if key in self.models:
                 continue  # the same bundle given twice
             self.models[key] = LoadedModel(key, pred)
+            max_batch = s.batch_max if s else 8
+            if max_batch > 1:
+                wait = (s.batch_wait_ms if s else 2.0) / 1000.0
+                self.models[key].start_batching(max_batch, wait)
         if not self.models:
             raise ValueError("no model bundle to serve")
 
@@ -260,6 +314,10 @@ class ModelRegistry:
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.models.values())
+
+    def values(self) -> list[LoadedModel]:
+        """The loaded models (as a dict's ``values()``: pages iterate either way)."""
+        return list(self.models.values())
 
     def __len__(self) -> int:
         return len(self.models)

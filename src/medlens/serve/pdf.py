@@ -49,6 +49,13 @@ class ReportData:
     training_data: str | None = None  # "48 synthetic images (generated chest_xray phantoms)"
     test_figures: list[tuple[str, str]] = field(default_factory=list)  # (name, "0.91 [...]")
     test_caption: str = ""  # "12 images, 95 % intervals"
+    status: str = "ok"  # "ok" | "ungradable" | "out_of_distribution": not assessed unless ok
+    status_text: str = ""  # "not assessed: the image cannot be graded"
+    reason: str | None = None  # why the input check refused the image
+    prediction_set: str | None = None  # "{normal, pneumonia}" (None: the model has no sets)
+    uncertain: bool = False  # the set is not a single class: human review
+    gate_note: str | None = None  # "input check not available for this model (...)"
+    heatmap_evidence: str | None = None  # one line of localisation evidence for the heatmap
 
 
 def _esc(text: str) -> str:
@@ -105,17 +112,41 @@ def render_pdf(d: ReportData) -> bytes:
     if d.accession:
         story.append(Paragraph(f"Accession / study: <b>{_esc(d.accession)}</b>", body))
     kind = "calibrated probability" if d.calibrated else "uncalibrated score"
-    story.append(
-        Paragraph(
-            f"<b>Decision: {_esc(d.decision)}</b> &mdash; {kind} {pct(d.confidence_decision)}",
-            big,
+    assessed = d.status == "ok"
+    if not assessed:
+        story.append(Paragraph(f"<b>Not assessed</b> &mdash; {_esc(d.status_text)}", big))
+        story.append(Paragraph(f"<b>Why:</b> {_esc(d.reason or 'not recorded')}", body))
+        story.append(
+            Paragraph(
+                "The model gives no finding for this image: no decision, priority or heatmap. "
+                "A person reads it.",
+                body,
+            )
         )
-    )
-    if d.decision_threshold is not None:
-        rule = f"policy threshold {pct(d.decision_threshold)} for {_esc(d.decision)} fired"
     else:
-        rule = "no threshold fired: the most probable class decides"
-    story.append(Paragraph(f"Rule: {rule}. Most probable class: {_esc(d.label)}.", body))
+        story.append(
+            Paragraph(
+                f"<b>Decision: {_esc(d.decision)}</b> &mdash; {kind} {pct(d.confidence_decision)}",
+                big,
+            )
+        )
+        if d.decision_threshold is not None:
+            rule = f"policy threshold {pct(d.decision_threshold)} for {_esc(d.decision)} fired"
+        else:
+            rule = "no threshold fired: the most probable class decides"
+        story.append(Paragraph(f"Rule: {rule}. Most probable class: {_esc(d.label)}.", body))
+        if d.uncertain and d.prediction_set:
+            story.append(
+                Paragraph(
+                    f"<b>Uncertain &mdash; human review:</b> prediction set "
+                    f"{_esc(d.prediction_set)}; the model cannot rule out more than one class.",
+                    body,
+                )
+            )
+        elif d.prediction_set:
+            story.append(Paragraph(f"Prediction set: {_esc(d.prediction_set)}.", body))
+    if d.gate_note:
+        story.append(Paragraph(f"<b>Input check:</b> {_esc(d.gate_note)}.", body))
     if d.borderline:
         story.append(Paragraph("<b>Borderline:</b> " + _esc("; ".join(d.borderline)), body))
     if d.modalities:
@@ -128,7 +159,10 @@ def render_pdf(d: ReportData) -> bytes:
     for png, cap in (
         (d.original_png, "Original"),
         (d.preprocessed_png, "Preprocessed (model input view)"),
-        (d.heatmap_png, f"Heatmap ({d.heatmap_method}) for {d.decision}"),
+        (
+            d.heatmap_png,
+            f"Heatmap ({d.heatmap_method})" + (f" for {d.decision}" if assessed else ""),
+        ),
     ):
         if png:
             img = Image(io.BytesIO(png))
@@ -142,10 +176,14 @@ def render_pdf(d: ReportData) -> bytes:
     t.setStyle(
         TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")])
     )
-    story += [t, Spacer(1, 4 * mm)]
+    story += [t, Spacer(1, 2 * mm)]
+    if d.heatmap_png and d.heatmap_evidence:
+        story.append(Paragraph(_esc(d.heatmap_evidence), small))
+    story.append(Spacer(1, 2 * mm))
 
     # Probability bars with the thresholds drawn where they lie, each labelled.
-    story.append(Paragraph(f"<b>Probabilities</b> ({kind})", body))
+    if assessed:
+        story.append(Paragraph(f"<b>Probabilities</b> ({kind})", body))
     items = sorted(d.probabilities.items(), key=lambda kv: -kv[1])
     marks = {c: t for c, t in d.thresholds.items() if t is not None and 0.0 < t < 1.0}
     row_h, width, x0 = 20, 110 * mm, 34 * mm
@@ -167,11 +205,12 @@ def render_pdf(d: ReportData) -> bytes:
                     x + 2, y + 11, f"threshold {pct(marks[c])}", fontName="Helvetica", fontSize=6.5
                 )
             )
-    story.append(drawing)
-    if marks:
+    if assessed:
+        story.append(drawing)
+    if marks and assessed:
         listed = ", ".join(f"{_esc(c)} {pct(t)}" for c, t in marks.items())
         story.append(Paragraph(f"Vertical marks: the policy's thresholds ({listed}).", small))
-    else:
+    elif assessed:
         story.append(
             Paragraph("No policy threshold applies: the most probable class decides.", small)
         )

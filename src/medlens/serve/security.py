@@ -12,8 +12,12 @@ Why each choice:
   pre-session cookie on the login and sign-up forms), checked on every state-changing request of
   the web routes, plus an ``Origin`` check when the browser sends one. The REST API takes Bearer
   tokens only - never cookies - so it cannot be driven cross-site.
-* **Rate limits** on login per client IP and per username (sliding windows, in memory: one process
-  serves the app; a multi-process deployment would move this to the database or a proxy).
+* **Passwords are checked for strength with zxcvbn** (Dropbox's estimator: dictionaries, names,
+  keyboard patterns, repeats, sequences, dates, l33t), not only a length rule and a short list:
+  ``aaaaaaaaaa`` and ``0123456789`` pass a length rule and are guessed at once. The username is
+  given to it as a word to avoid.
+* **Login throttling** lives in the database, per user *and* client, so it holds across
+  processes and cannot be turned into a lock-out: see :mod:`.throttle`.
 * **Headers**: a Content-Security-Policy without inline scripts or styles, no framing, no
   sniffing, no referrer, and ``Cache-Control: no-store`` so results never sit in shared caches.
 """
@@ -25,9 +29,6 @@ import hmac
 import json
 import re
 import secrets
-import threading
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,19 +40,7 @@ _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,39}$")
 MAX_PASSWORD_LENGTH = 1024  # argon2 hashes anything, but a megabyte "password" is an attack
-_COMMON = {
-    "password",
-    "password1",
-    "password123",
-    "1234567890",
-    "12345678910",
-    "qwertyuiop",
-    "letmein123",
-    "iloveyou12",
-    "administrator",
-    "medlens123",
-    "welcome123",
-}
+ZXCVBN_MAX_CHARS = 100  # zxcvbn's cost grows with length; beyond this, length alone is strength
 
 
 def hash_password(password: str) -> str:
@@ -70,15 +59,26 @@ def needs_rehash(password_hash: str) -> bool:
     return _HASHER.check_needs_rehash(password_hash)
 
 
-def password_problem(password: str, username: str, min_length: int) -> str | None:
-    """Why a new password is refused, or None. Length over composition rules (NIST 800-63B)."""
+def password_problem(
+    password: str, username: str, min_length: int, min_score: int = 3
+) -> str | None:
+    """Why a new password is refused, or None: length (NIST 800-63B: length over composition
+    rules), then zxcvbn's guessability score (0-4) against ``min_score``, with its advice."""
     if len(password) < min_length:
         return f"Password too short: use at least {min_length} characters."
     if len(password) > MAX_PASSWORD_LENGTH:
         return f"Password too long: at most {MAX_PASSWORD_LENGTH} characters."
-    if password.lower() in _COMMON or password.lower() == username.lower():
-        return "Password too easy to guess: choose another."
-    return None
+    if password.strip().lower() == username.strip().lower():
+        return "Password too easy to guess: it is your username."
+    from zxcvbn import zxcvbn
+
+    verdict = zxcvbn(password[:ZXCVBN_MAX_CHARS], user_inputs=[username, "medlens"])
+    if verdict["score"] >= min_score:
+        return None
+    feedback = verdict.get("feedback") or {}
+    why = (feedback.get("warning") or "").strip()
+    advice = " ".join(feedback.get("suggestions") or []) or "Use a longer phrase of unusual words."
+    return f"Password too easy to guess{': ' + why if why else '.'} {advice}".strip()
 
 
 def username_problem(username: str) -> str | None:
@@ -111,42 +111,6 @@ def csrf_valid(secret: bytes, cookie_value: str | None, submitted: str | None) -
     if not cookie_value or not submitted:
         return False
     return hmac.compare_digest(csrf_token(secret, cookie_value), submitted)
-
-
-class RateLimiter:
-    """Sliding-window counters keyed by string (``ip:...``, ``user:...``); thread-safe."""
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _prune(self, key: str, now: float) -> deque[float]:
-        q = self._hits.setdefault(key, deque())
-        while q and q[0] <= now - self.window_s:
-            q.popleft()
-        return q
-
-    def retry_after(self, key: str, limit: int) -> float:
-        """Seconds until ``key`` may try again (0: allowed now)."""
-        now = time.monotonic()
-        with self._lock:
-            q = self._prune(key, now)
-            if len(q) < limit:
-                return 0.0
-            return max(1.0, q[0] + self.window_s - now)
-
-    def hit(self, key: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._prune(key, now).append(now)
-            if len(self._hits) > 50_000:  # bound memory under a flood of distinct keys
-                for k in [k for k, q in self._hits.items() if not q]:
-                    del self._hits[k]
-
-    def reset(self, key: str) -> None:
-        with self._lock:
-            self._hits.pop(key, None)
 
 
 CSP = (
@@ -262,9 +226,11 @@ class _BodyTooLarge(Exception):
 
 
 async def _too_large(send: Any, limit: int, scope: dict[str, Any]) -> None:
+    from medlens.serve.problems import error_body
+
     text = f"Request too large: the limit is {limit / 1024 / 1024:.0f} MB."
     if scope.get("path", "").startswith("/api/"):
-        body, ctype = json.dumps({"detail": text}).encode(), b"application/json"
+        body, ctype = json.dumps(error_body(413, text)).encode(), b"application/json"
     else:
         body, ctype = text.encode(), b"text/plain; charset=utf-8"
     await send(

@@ -33,14 +33,39 @@ class ServeSettings(BaseModel):
     max_batch_mb: float = Field(200.0, gt=0)
     keep_dicom_identifiers: bool = False
 
-    # Accounts and sessions.
-    signup_open: bool = True  # initial state; an admin can close sign-up at run time
+    # Accounts and sessions. Sign-up is closed by default (accounts come from an administrator),
+    # except for the very first account, which becomes the administrator: see accounts.py.
+    signup_open: bool = False  # initial state; an admin can open sign-up at run time
     session_hours: float = Field(12.0, gt=0)
     cookie_secure: bool | None = None  # None: Secure whenever the request arrived over HTTPS
     min_password_length: int = Field(10, ge=8)
+    min_password_score: int = Field(3, ge=0, le=4)  # zxcvbn score a new password must reach
+    # Login throttling (security.py): per user *and* client, exponential backoff.
     login_window_s: int = Field(300, gt=0)
-    login_max_per_ip: int = Field(20, gt=0)
-    login_max_per_user: int = Field(5, gt=0)
+    login_max_per_ip: int = Field(20, gt=0)  # failures per client address per window
+    login_max_per_user: int = Field(50, gt=0)  # failures on one username: "under attack"
+    login_free_failures: int = Field(3, ge=0)  # failures a client may make before backoff
+    login_backoff_max_s: int = Field(900, gt=0)
+
+    # Batch queue (jobs.py): any number of workers share it through the database.
+    batch_worker: bool = True  # run a worker thread inside each web process
+    worker_poll_s: float = Field(1.0, gt=0)
+    lease_s: float = Field(300.0, gt=0)  # a claim older than this is taken over
+    max_attempts: int = Field(3, ge=1)  # claims before an item that kills workers is failed
+    orphan_grace_s: float = Field(600.0, ge=0)  # never delete unreferenced files younger
+
+    # Throughput (microbatch.py, pixelbudget.py, heatmaps.py). Concurrent single-image
+    # predictions of one model share a forward pass of up to batch_max images, the worker
+    # lingering at most batch_wait_ms for more (batch_max 1: no batching). Decodes hold their
+    # pixel count from a budget of decode_budget_pixels (None: 1.2 x max_pixels) and queue while
+    # it is full, waiting at most decode_wait_s. Heatmaps run on heatmap_workers threads and
+    # the last heatmap_cache_entries stay in memory (every one is also kept as a file).
+    batch_max: int = Field(8, ge=1)
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    decode_budget_pixels: int | None = Field(None, gt=0)
+    decode_wait_s: float = Field(300.0, gt=0)
+    heatmap_workers: int = Field(1, ge=1)
+    heatmap_cache_entries: int = Field(64, ge=0)
 
     # Results.
     default_method: str = "gradcam++"
@@ -67,6 +92,13 @@ class ServeSettings(BaseModel):
     @property
     def max_batch_bytes(self) -> int:
         return int(self.max_batch_mb * MB)
+
+    @property
+    def pixel_budget(self) -> int:
+        """Pixels all concurrent decodes may hold together (see ``decode_budget_pixels``)."""
+        if self.decode_budget_pixels is not None:
+            return int(self.decode_budget_pixels)
+        return int(self.max_pixels * 1.2)
 
     def resolved_database_url(self) -> str:
         """The URL given, else ``$DATABASE_URL``, else ``sqlite:///<workspace>/medlens.db``."""

@@ -35,6 +35,13 @@ class SummaryInput:
     # Fusion models only: the modalities this prediction used, and all the model takes.
     modalities_used: list[str] | None = None
     modalities: list[str] | None = None
+    # Input gate and conformal set (see medlens.prediction): not-assessed results say why only.
+    status: str = "ok"
+    reason: str | None = None
+    prediction_set: list[str] | None = None
+    uncertain: bool = False
+    input_check: str = "not recorded"
+    coverage: float | None = None
 
 
 def certainty_words(p: float) -> str:
@@ -121,8 +128,11 @@ def summary_sections(s: SummaryInput) -> list[tuple[str, str]]:
     """``[(heading, text), ...]`` for the page, the PDF and the API.
 
     "Images used" (fusion models) and "Other findings" (multi-task heads) appear only when they
-    apply, so a plain single-image model's summary is unchanged.
+    apply, so a plain single-image model's summary is unchanged. An image the input check
+    refused gets no finding at all: what was checked, why it was not assessed, what to do.
     """
+    if s.status != "ok":
+        return not_assessed_sections(s)
     p_dec = s.probabilities.get(s.decision, 0.0)
     kind = "calibrated probability" if s.calibrated else "score (not calibrated)"
     found = f"The model {s.model_name} suggests {s.decision}."
@@ -174,6 +184,26 @@ def summary_sections(s: SummaryInput) -> list[tuple[str, str]]:
     if p_dec < 0.7:
         checks.append("The model is not confident here; weigh it less than usual.")
     out = [("What was found", found), ("How sure", how)]
+    if s.prediction_set is not None:
+        cover = f"{s.coverage:.0%}" if s.coverage is not None else "the bundle's"
+        shown = "{" + ", ".join(s.prediction_set) + "}"
+        if s.uncertain:
+            out.append(
+                (
+                    "Uncertain — human review",
+                    f"At {cover} coverage the model cannot rule out {shown}: it does not "
+                    "settle on one class for this image, so a person should read it.",
+                )
+            )
+        else:
+            out.append(
+                (
+                    "Prediction set",
+                    f"{shown} — the only class the model keeps at {cover} coverage.",
+                )
+            )
+    if s.input_check == "absent":
+        out.append(("Input check", GATE_ABSENT_TEXT))
     used = modalities_text(s.modalities_used, s.modalities)
     if used is not None:
         text = f"The model used {used}."
@@ -195,6 +225,33 @@ def summary_sections(s: SummaryInput) -> list[tuple[str, str]]:
         )
     out += [("What to check", " ".join(checks)), ("Who decides", DISCLAIMER)]
     return out
+
+
+GATE_ABSENT_TEXT = (
+    "Input check not available for this model (made before input checks): nothing verified "
+    "that this image resembles the images it was trained on."
+)
+
+
+def not_assessed_sections(s: SummaryInput) -> list[tuple[str, str]]:
+    """The summary of an image the input check refused: no class, no priority, no heatmap."""
+    if s.status == "ungradable":
+        what = "The image could not be graded, so the model did not assess it."
+    else:
+        what = (
+            "The image does not look like the images this model was trained on, so the model "
+            "did not assess it: any class it would give here would not be trustworthy."
+        )
+    return [
+        ("Not assessed", what),
+        ("Why", s.reason or "not recorded"),
+        (
+            "What to do",
+            f"A person reads this image. Check that it is the kind of image {s.model_name} "
+            "is meant for (modality, body part, view) and that the file is intact.",
+        ),
+        ("Who decides", DISCLAIMER),
+    ]
 
 
 def summary_text(s: SummaryInput) -> str:

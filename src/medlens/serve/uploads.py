@@ -15,6 +15,11 @@ and DICOM the de-identified object. The user's file name survives only as saniti
 Batches arrive as many files or as one zip. Zip entries are read in memory through
 :mod:`zipfile` with a read limit per entry (declared sizes can lie) and a total budget, and never
 extracted, so entry names such as ``../../etc/passwd`` are inert display text.
+
+Decoding runs under the process's pixel budget (:mod:`.pixelbudget`): the header's pixel count
+is leased before the decode and held by the :class:`ValidatedImage` until its prediction is
+stored (:meth:`ValidatedImage.release`, or when it is garbage-collected), so concurrent huge
+images queue instead of exhausting memory.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from medlens.inference import ImageReadError, LoadedImage, decode_image
+from medlens.serve import pixelbudget
 from medlens.serve.formats import BY_KIND, decode_suffix, names_text, sniff, stored_suffix
 
 
@@ -56,6 +62,12 @@ class ValidatedImage:
     display_name: str
     deidentified: bool
     removed_tags: list[str] = field(default_factory=list)
+    lease: pixelbudget.Lease | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        """Give the decoded pixels' budget back (the prediction is done with them)."""
+        if self.lease is not None:
+            self.lease.release()
 
 
 # DICOM PS3.15 Annex E basic application level confidentiality profile: the attributes that
@@ -364,11 +376,13 @@ def canonical_png(loaded: LoadedImage) -> bytes:
     """Decoded pixels as a metadata-free PNG; 8-bit sources round-trip exactly."""
     from PIL import Image
 
+    # One float temporary, worked in place: for a 49-megapixel film each extra copy is 200 MB.
     a = np.clip(np.asarray(loaded.array, dtype=np.float32), 0.0, 1.0)
-    if a.ndim == 3 or loaded.bit_depth <= 8:
-        img = Image.fromarray(np.rint(a * 255.0).astype(np.uint8))
-    else:
-        img = Image.fromarray(np.rint(a * 65535.0).astype(np.uint16))
+    eight = a.ndim == 3 or loaded.bit_depth <= 8
+    a *= 255.0 if eight else 65535.0
+    np.rint(a, out=a)
+    img = Image.fromarray(a.astype(np.uint8 if eight else np.uint16))
+    del a
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -414,6 +428,27 @@ def _check_dicom(data: bytes, max_pixels: int, keep_identifiers: bool) -> tuple[
 HEADER_CHECKS = {"png": _check_png, "jpeg": _check_jpeg, "dicom": _check_dicom}
 
 
+def header_pixels(kind: str, data: bytes, max_pixels: int) -> int:
+    """Pixels the decode of already-checked ``data`` will produce (width x height x frames)."""
+    if kind == "png":
+        w, h = _png_size(data)
+        return w * h
+    if kind == "dicom":
+        ds = _dicom_header(data)
+        frames = int(str(ds.get("NumberOfFrames", 1) or 1))
+        return int(ds.get("Columns", 0) or 0) * int(ds.get("Rows", 0) or 0) * max(frames, 1)
+    w, h = _pil_size(data, kind, max_pixels)
+    return w * h
+
+
+def _lease(pixels: int, budget: pixelbudget.PixelBudget | None) -> pixelbudget.Lease:
+    """The budget lease for a decode: queued while full, refused when it can never fit."""
+    try:
+        return (budget or pixelbudget.shared()).acquire(pixels)
+    except (pixelbudget.BudgetExceeded, pixelbudget.BudgetTimeout) as exc:
+        raise UploadRejected(exc.status, exc.message) from None
+
+
 def validate_upload(
     data: bytes,
     filename: str | None,
@@ -422,8 +457,13 @@ def validate_upload(
     max_pixels: int,
     tmp_dir: Path,
     keep_dicom_identifiers: bool = False,
+    budget: pixelbudget.PixelBudget | None = None,
 ) -> ValidatedImage:
-    """Check, decode and prepare one upload for storage, or raise :class:`UploadRejected`."""
+    """Check, decode and prepare one upload for storage, or raise :class:`UploadRejected`.
+
+    The decode waits for its pixels in ``budget`` (default: the process's shared budget); the
+    returned image holds them until :meth:`ValidatedImage.release`.
+    """
     display = sanitise_name(filename)
     if not data:
         raise UploadRejected(400, "The file is empty.")
@@ -439,13 +479,18 @@ def validate_upload(
     fmt = BY_KIND[kind]
     to_decode, removed = check(data, max_pixels, keep_dicom_identifiers)
     suffix = decode_suffix(fmt)
-    loaded = _decode(to_decode, suffix, tmp_dir)
-    arr = loaded.array
-    if arr.ndim not in (2, 3) or not np.isfinite(arr).all():
-        raise UploadRejected(422, "The decoded image is not a finite 2-D image.")
-    # Kept: the de-identified DICOM itself, or a metadata-free PNG of the decoded pixels.
-    stored = to_decode if stored_suffix(fmt) == ".dcm" else canonical_png(loaded)
-    return ValidatedImage(
+    lease = _lease(header_pixels(kind, to_decode, max_pixels), budget)
+    try:
+        loaded = _decode(to_decode, suffix, tmp_dir)
+        arr = loaded.array
+        if arr.ndim not in (2, 3) or not np.isfinite(arr).all():
+            raise UploadRejected(422, "The decoded image is not a finite 2-D image.")
+        # Kept: the de-identified DICOM itself, or a metadata-free PNG of the decoded pixels.
+        stored = to_decode if stored_suffix(fmt) == ".dcm" else canonical_png(loaded)
+    except BaseException:
+        lease.release()
+        raise
+    v = ValidatedImage(
         kind=kind,
         loaded=loaded,
         stored_bytes=stored,
@@ -455,7 +500,10 @@ def validate_upload(
         display_name=display,
         deidentified=kind == "dicom" and not keep_dicom_identifiers,
         removed_tags=removed,
+        lease=lease,
     )
+    lease.bind(v)  # released at the latest when the request lets go of the image
+    return v
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Account pages: log in, sign up, log out, change your password, API tokens, and the
-administration page (sign-up open or closed; reset a password; disable or re-enable an account).
+administration page (create an account; sign-up open or closed; reset a password; disable or
+re-enable an account).
 
 The rules (password strength, the last administrator, which sessions end) live in
-:mod:`.accounts`; these routes only read forms and render.
+:mod:`.accounts`, login throttling in :mod:`.throttle`; these routes only read forms and render.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from fastapi import Depends, Form, Request
+from fastapi import Depends, Form, Path, Request
 from fastapi.responses import Response
 from sqlalchemy import func, select
 
@@ -29,9 +30,11 @@ from medlens.serve.deps import (
 from medlens.serve.services import NotFound, Refused
 from medlens.serve.state import set_setting
 from medlens.serve.templating import client_ip, redirect, render, safe_next, set_cookie
+from medlens.serve.throttle import DEVICE_COOKIE, DEVICE_MAX_AGE, client_for, new_device_cookie
 
 router = page_router()
 Password = Annotated[str, Form(max_length=security.MAX_PASSWORD_LENGTH)]
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # never past the column range (422, not 500)
 
 
 @router.get("/")
@@ -50,10 +53,15 @@ def login_page(request: Request, db: DB, next: str = "") -> Response:
 
 
 def _signed_in(request: Request, user: User, db: Any, target: str) -> Response:
-    s = state_of(request).settings
+    st = state_of(request)
+    s = st.settings
     token = accounts.create_session(db, user, s.session_hours)
     resp = redirect(target)
     set_cookie(request, resp, SESSION_COOKIE, token, max_age=int(s.session_hours * 3600))
+    # The device cookie makes this browser a known client of this user (see throttle.py).
+    set_cookie(
+        request, resp, DEVICE_COOKIE, new_device_cookie(st.secret, user.username), DEVICE_MAX_AGE
+    )
     resp.delete_cookie(PRE_COOKIE, path="/")
     return resp
 
@@ -67,26 +75,24 @@ def login(
     next: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
     st = state_of(request)
-    s = st.settings
-    ip_key, user_key = f"ip:{client_ip(request)}", f"user:{username.strip().lower()}"
-    wait = max(
-        st.limiter.retry_after(ip_key, s.login_max_per_ip),
-        st.limiter.retry_after(user_key, s.login_max_per_user),
-    )
-    ctx = {"next": safe_next(next), "username": username, "signup_open": True}
+    client = client_for(st.secret, username, client_ip(request), request.cookies.get(DEVICE_COOKIE))
+    wait = st.login.wait(username, client)
+    ctx = {
+        "next": safe_next(next),
+        "username": username,
+        "signup_open": accounts.signup_open(db, st.settings.signup_open),
+    }
     if wait > 0:
-        minutes = math.ceil(wait / 60)
-        ctx["error"] = f"Too many login attempts. Try again in {minutes} minute(s)."
-        return render(
-            request, "login.html", ctx, status=429, headers={"Retry-After": str(int(wait))}
-        )
-    st.limiter.hit(ip_key)
+        seconds = math.ceil(wait)
+        when = f"{seconds} second(s)" if seconds < 120 else f"{math.ceil(seconds / 60)} minute(s)"
+        ctx["error"] = f"Too many failed attempts from this browser. Try again in {when}."
+        return render(request, "login.html", ctx, status=429, headers={"Retry-After": str(seconds)})
     user = accounts.authenticate(db, username, password)
     if user is None:
-        st.limiter.hit(user_key)
+        st.login.failed(username, client)
         ctx["error"] = "Wrong username or password."
         return render(request, "login.html", ctx, status=401)
-    st.limiter.reset(user_key)
+    st.login.succeeded(username, client)
     return _signed_in(request, user, db, safe_next(next))
 
 
@@ -121,16 +127,23 @@ def signup(
         ctx["signup_open"] = False
         return render(request, "signup.html", ctx, status=403)
     ip_key = f"signup:{client_ip(request)}"
-    if st.limiter.retry_after(ip_key, s.login_max_per_ip) > 0:
-        ctx["error"] = "Too many sign-ups from this address. Try again later."
-        return render(request, "signup.html", ctx, status=429)
-    st.limiter.hit(ip_key)
+    if st.counters.count(ip_key, s.login_window_s) >= s.login_max_per_ip:
+        wait = max(1, math.ceil(st.counters.window_left(ip_key, s.login_window_s)))
+        ctx["error"] = "Too many sign-up attempts from this address. Try again later."
+        return render(request, "signup.html", ctx, status=429, headers={"Retry-After": str(wait)})
+    # Every attempt counts: probing which usernames exist costs an attempt each.
+    st.counters.hit(ip_key, s.login_window_s)
     if password != password2:
         ctx["error"] = "The two passwords differ."
         return render(request, "signup.html", ctx, status=400)
     try:
         user = accounts.create_user(
-            db, username, password, role=None, min_password_length=s.min_password_length
+            db,
+            username,
+            password,
+            role=None,
+            min_password_length=s.min_password_length,
+            min_password_score=s.min_password_score,
         )
     except Refused as exc:
         ctx["error"] = exc.message
@@ -196,7 +209,7 @@ def tokens_create(
 
 
 @router.post("/tokens/{token_id}/revoke")
-def tokens_revoke(request: Request, db: DB, user: CurrentUser, token_id: int) -> Response:
+def tokens_revoke(request: Request, db: DB, user: CurrentUser, token_id: RowId) -> Response:
     accounts.revoke_token(db, user, token_id)
     return redirect("/tokens")
 
@@ -216,7 +229,12 @@ def _admin_page(request: Request, db: Any, admin: User, status: int = 200, **ctx
 
 @router.get("/admin")
 def admin_page(request: Request, db: DB, admin: AdminUser, done: str = "") -> Response:
-    notice = {"password": "Password reset.", "active": "Account updated."}.get(done)
+    notice = {
+        "password": "Password reset.",
+        "active": "Account updated.",
+        "created": "Account created. Give the password to its owner in person; they can "
+        "change it on their Account page.",
+    }.get(done)
     return _admin_page(request, db, admin, notice=notice)
 
 
@@ -231,6 +249,30 @@ def admin_signup(
     return redirect("/admin")
 
 
+@router.post("/admin/users")
+def admin_create_user(
+    request: Request,
+    db: DB,
+    admin: AdminUser,
+    username: Annotated[str, Form(max_length=200)] = "",
+    role: Annotated[str, Form(max_length=16)] = "clinician",
+    password: Password = "",
+) -> Response:
+    s = state_of(request).settings
+    try:
+        accounts.create_user(
+            db,
+            username,
+            password,
+            role=role,
+            min_password_length=s.min_password_length,
+            min_password_score=s.min_password_score,
+        )
+    except Refused as exc:
+        return _admin_page(request, db, admin, status=exc.status, error=exc.message)
+    return redirect("/admin?done=created")
+
+
 def _target(db: Any, user_id: int) -> User:
     target = db.get(User, user_id)
     if target is None:
@@ -240,7 +282,7 @@ def _target(db: Any, user_id: int) -> User:
 
 @router.post("/admin/users/{user_id}/password")
 def admin_reset_password(
-    request: Request, db: DB, admin: AdminUser, user_id: int, password: Password = ""
+    request: Request, db: DB, admin: AdminUser, user_id: RowId, password: Password = ""
 ) -> Response:
     s = state_of(request).settings
     target = _target(db, user_id)
@@ -258,7 +300,7 @@ def admin_set_active(
     request: Request,
     db: DB,
     admin: AdminUser,
-    user_id: int,
+    user_id: RowId,
     active: Annotated[str, Form(max_length=1)] = "0",
 ) -> Response:
     target = _target(db, user_id)

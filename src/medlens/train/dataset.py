@@ -16,7 +16,8 @@ from medlens.recipes import AugmentConfig
 
 
 class Augment:
-    """Random flip, small affine, brightness and contrast on a normalised N x C x H x W batch.
+    """Random flip, small affine, brightness and contrast on a normalised N x C x H x W batch,
+    and (when the recipe names them) colour jitter, gamma, blur and JPEG re-encoding.
 
     It runs on whole batches (one ``affine_grid``/``grid_sample`` call with a random matrix per
     image) after the batch reaches the device: per-image torchvision transforms in the loader cost
@@ -59,7 +60,75 @@ class Augment:
             img = (img - m) * factor + m
         if cfg.brightness > 0:
             img = img + (torch.rand(n, 1, 1, 1, device=dev) * 2 - 1) * cfg.brightness
+        img = self._acquisition(img.clamp(0, 1))
         return (img.clamp(0, 1) - mean) / std
+
+    def _acquisition(self, img: torch.Tensor) -> torch.Tensor:
+        """Randomise what a source (scanner, export, camera) changes and anatomy does not:
+        colour balance, gamma, sharpness, compression. A property the audit's shortcut probe
+        finds can then no longer tell the classes apart during training (all off by default)."""
+        cfg = self.cfg
+        n, c = img.shape[:2]
+        dev = img.device
+        if cfg.colour_jitter > 0 and c == 3:
+            gain = 1 + (torch.rand(n, 3, 1, 1, device=dev) * 2 - 1) * cfg.colour_jitter
+            grey = img.mean(dim=1, keepdim=True)
+            sat = 1 + (torch.rand(n, 1, 1, 1, device=dev) * 2 - 1) * cfg.colour_jitter
+            img = (grey + (img - grey) * sat) * gain
+        if cfg.gamma > 0:
+            g = torch.exp((torch.rand(n, 1, 1, 1, device=dev) * 2 - 1) * cfg.gamma)
+            img = img.clamp(1e-6, 1) ** g
+        if cfg.blur > 0:
+            img = torch.stack(
+                [
+                    _gaussian_blur(im, float(torch.rand(1)) * cfg.blur)
+                    if float(torch.rand(1)) < 0.5
+                    else im
+                    for im in img
+                ]
+            )
+        if cfg.jpeg > 0:
+            lo, hi = cfg.jpeg_quality
+            img = torch.stack(
+                [
+                    _jpeg(im, int(torch.randint(lo, hi + 1, (1,))))
+                    if float(torch.rand(1)) < cfg.jpeg
+                    else im
+                    for im in img
+                ]
+            )
+        return img
+
+
+def _gaussian_blur(im: torch.Tensor, sigma: float) -> torch.Tensor:
+    """One ``C x H x W`` image blurred by a separable Gaussian of ``sigma`` pixels."""
+    import torch.nn.functional as F
+
+    if sigma < 0.1:
+        return im
+    r = max(1, round(2.5 * sigma))
+    t = torch.arange(-r, r + 1, dtype=im.dtype, device=im.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = im.shape[0]
+    x = F.pad(im[None], (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return x[0]
+
+
+def _jpeg(im: torch.Tensor, quality: int) -> torch.Tensor:
+    """One ``C x H x W`` image in [0, 1] through an 8-bit JPEG encode/decode at ``quality``."""
+    import cv2
+
+    arr = (im.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(arr), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+        return im
+    dec = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if dec.ndim == 2:
+        dec = dec[:, :, None]
+    return torch.from_numpy(dec).permute(2, 0, 1).to(im.dtype).div(255).to(im.device)
 
 
 class CachedDataset(Dataset):

@@ -82,11 +82,21 @@ def run_lightning(
         filename="best",
         monitor=monitor,
         mode=mode,
-        save_last=True,
         save_top_k=1,
         enable_version_counter=False,
     )
-    callbacks: list[Any] = [checkpoint]
+    # Lightning 2.x writes ``save_last``'s copy only when a best file was written, so after an
+    # epoch that did not improve, last.ckpt would still hold the best epoch and a resumed fit
+    # would replay epochs from there. The latest state has its own checkpoint, every epoch.
+    latest = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        enable_version_counter=False,
+    )
+    callbacks: list[Any] = [checkpoint, latest]
     if patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     if progress:

@@ -192,19 +192,6 @@ def check_index(path: Path, index: int | None, count: int, what: str) -> int:
     return int(index)
 
 
-def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a 2-D array to ``shape`` (rows, cols), pixel centres mapped."""
-    rows, cols = int(shape[0]), int(shape[1])
-    if rows <= 0 or cols <= 0:
-        raise ValueError(f"shape must be two positive integers, got {shape!r}")
-    h, w = mask.shape
-    if (h, w) == (rows, cols):
-        return mask
-    ri = np.minimum(((np.arange(rows) + 0.5) * h / rows).astype(np.intp), h - 1)
-    ci = np.minimum(((np.arange(cols) + 0.5) * w / cols).astype(np.intp), w - 1)
-    return mask[ri[:, None], ci[None, :]]
-
-
 def suffix_matches(path: Path, source_format: str) -> bool:
     """Whether the file name's ending is one the detected format uses (DICOM may have none)."""
     from medlens.data.io.formats import FORMATS

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medlens.common import resize_nearest
 from medlens.data.io import dicom, nifti, pillow
 from medlens.data.io.base import (
     LoadedImage,
     check_file,
     not_image,
     read_head,
-    resize_nearest,
     unexpected,
 )
 from medlens.data.io.formats import detect_format

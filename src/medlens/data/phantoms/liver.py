@@ -55,7 +55,7 @@ LIVER_CLASSES: tuple[str, ...] = ("F0", "F1", "F2", "F3", "F4")
 
 # Per stage (F1..F4): fraction of the visible septal network that is fibrotic, and the number of
 # selection-field features across the image (more features = shorter, more broken strands).
-_COVERAGE = {1: (0.08, 0.14), 2: (0.24, 0.36), 3: (0.52, 0.70), 4: (0.96, 1.0)}
+_COVERAGE = {1: (0.10, 0.16), 2: (0.30, 0.40), 3: (0.60, 0.74), 4: (0.96, 1.0)}
 _SELECT_CELLS = {1: 14, 2: 10, 3: 6, 4: 4}
 MASK_LEVEL = 0.5  # septa mask: septal profile (0..1) above this
 
@@ -342,7 +342,9 @@ def render_liver_case(rng: np.random.Generator, label: str, size: int) -> LiverC
         xw = x + np.float32(wiggle) * _smooth_noise(les, size, 8)
         yw = y + np.float32(wiggle) * _smooth_noise(les, size, 8)
         gap, cell = _voronoi(xw, yw, spacing, les)
-        width = max(les.uniform(0.008, 0.012) * (1.0 + 0.15 * stage), 0.45 * px)
+        # At least ~1 pixel wide at the rendered size: a septum thinner than a pixel is
+        # averaged into the speckle and no longer tells the stages apart at small sizes.
+        width = max(les.uniform(0.008, 0.012) * (1.0 + 0.15 * stage), 0.9 * px)
         profile = np.exp(-((gap / width) ** 2))
         select = _smooth_noise(les, size, _SELECT_CELLS[stage])
         coverage = les.uniform(*_COVERAGE[stage])
@@ -353,7 +355,7 @@ def render_liver_case(rng: np.random.Generator, label: str, size: int) -> LiverC
             thr = float(select.max())
         chosen = _ramp(thr - select + 0.06, 0.12)  # >= 0.5 exactly where select <= thr
         septa = profile * chosen * region
-        contrast = les.uniform(0.6, 1.8)
+        contrast = les.uniform(1.1, 2.0)  # septa are echogenic: brighter than the speckle
         boosted = refl * (1.0 + np.float32(contrast) * septa)
         if stage == 4:  # regenerative nodules: each a little brighter or darker than the next
             nod = les.normal(0.0, 0.09, size=int(cell.max()) + 1).astype(np.float32)

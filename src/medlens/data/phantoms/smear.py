@@ -54,13 +54,16 @@ LEUKEMIA_CLASSES: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
 
 # Morphology per stage (index into LEUKEMIA_CLASSES); pairs are (mean, sd) of a normal draw.
 # Sizes are in canonical units (the field is 2 wide; a red cell's radius is about 0.095).
-_CELL_RADIUS = ((0.115, 0.012), (0.145, 0.014), (0.168, 0.015), (0.19, 0.016))
-_NC_RATIO = ((0.74, 0.035), (0.80, 0.03), (0.845, 0.03), (0.88, 0.025))  # nucleus / cell radius
-_CHROMATIN = ((1.3, 0.1), (1.05, 0.1), (0.93, 0.09), (0.83, 0.08))  # nuclear stain density
+# Adjacent stages still overlap in each feature, but by about a pixel of cell radius at 64 px
+# (the leukemia recipe's size) rather than by more: with wider spreads the stages were not
+# separable at that size by any model trained on a few hundred fields.
+_CELL_RADIUS = ((0.11, 0.008), (0.145, 0.009), (0.175, 0.01), (0.205, 0.01))
+_NC_RATIO = ((0.72, 0.025), (0.79, 0.022), (0.845, 0.02), (0.89, 0.018))  # nucleus / cell radius
+_CHROMATIN = ((1.35, 0.08), (1.08, 0.07), (0.93, 0.07), (0.8, 0.06))  # nuclear stain density
 _CLUMPING = (0.42, 0.26, 0.2, 0.16)  # chromatin texture amplitude
 _GRAIN = (0.045, 0.028, 0.022, 0.018)  # chromatin texture feature size
 _NUCLEOLI = ((0, 0), (0, 1), (1, 2), (1, 3))  # inclusive range of nucleoli
-_IRREGULAR = ((0.015, 0.01), (0.04, 0.015), (0.065, 0.02), (0.085, 0.025))  # contour amplitude
+_IRREGULAR = ((0.012, 0.007), (0.04, 0.01), (0.07, 0.012), (0.1, 0.015))  # contour amplitude
 
 # Optical densities (R, G, B) of unit stain amounts.
 _OD_EOSIN = np.array([0.10, 0.36, 0.22], dtype=np.float32)
