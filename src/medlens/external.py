@@ -518,21 +518,17 @@ def evaluate_external(
     metrics["shift"] = shift_report(measured, ref, trust.get("gate") if has_gate else None)
     if by is not None:
         from medlens.evaluate.calibration import softmax
-        from medlens.evaluate.subgroups import subgroup_figures, subgroup_values
+        from medlens.evaluate.subgroups import subgroup_values, subgroups_with
 
         temperature = metrics["calibration"]["temperature"]
-        metrics["subgroups"] = subgroup_figures(
+        metrics["subgroups"] = subgroups_with(
             subgroup_values(reported, by, derive),
             scores.y,
             softmax(scores.logits, temperature),
             classes,
             metrics["intervals"]["overall"],
             by,
-            n_bootstrap=ev.n_bootstrap,
-            seed=ev.bootstrap_seed,
-            alpha=1 - ev.confidence,
-            ordinal=ev.ordinal,
-            target_specificity=ev.target_specificity,
+            ev,
         )
     metrics["unreadable"] = errors
     metrics["settings"] = settings
@@ -559,7 +555,7 @@ def subgroups_for_run(
     from medlens.data.sources import ensure_phantoms
     from medlens.evaluate.calibration import softmax
     from medlens.evaluate.report import render_report
-    from medlens.evaluate.subgroups import subgroup_figures, subgroup_values
+    from medlens.evaluate.subgroups import subgroup_values, subgroups_with
 
     run_dir = Path(run_dir)
     classes = list(recipe.task.classes)
@@ -579,18 +575,14 @@ def subgroups_for_run(
         )
     ev = recipe.evaluate
     t = float(metrics.get("calibration", {}).get("temperature", 1.0))
-    sub = subgroup_figures(
+    sub = subgroups_with(
         subgroup_values([by_uid[u] for u in test.sources], column, derive),
         test.y,
         softmax(test.logits, t),
         classes,
         metrics["intervals"]["overall"],
         column,
-        n_bootstrap=ev.n_bootstrap,
-        seed=ev.bootstrap_seed,
-        alpha=1 - ev.confidence,
-        ordinal=ev.ordinal,
-        target_specificity=ev.target_specificity,
+        ev,
     )
     metrics["subgroups"] = sub
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -139,3 +139,29 @@ def flagged_texts(sub: dict[str, Any]) -> list[str]:
             f"{fmt_ci(sub['overall'][f['figure']])}"
         )
     return out
+
+
+def subgroups_with(
+    values: Sequence[str],
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    overall: dict[str, Any],
+    column: str,
+    ev: Any,
+) -> dict[str, Any]:
+    """:func:`subgroup_figures` with a recipe's ``evaluate`` settings (bootstrap count, seed,
+    confidence, ordinal classes, target specificity), as runs and external evaluation use it."""
+    return subgroup_figures(
+        values,
+        y,
+        probs,
+        classes,
+        overall,
+        column,
+        n_bootstrap=ev.n_bootstrap,
+        seed=ev.bootstrap_seed,
+        alpha=1 - ev.confidence,
+        ordinal=ev.ordinal,
+        target_specificity=ev.target_specificity,
+    )
