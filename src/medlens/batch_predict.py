@@ -1,11 +1,12 @@
 """Predict a folder's worth of images: decode in a worker pool while the network runs, write
 the CSV as it goes, resume an interrupted run.
 
-- **Overlap.** ``workers`` threads read and decode files (PNG/JPEG/DICOM decoders release the
-  GIL, and decoding is the dominant cost of a large film) at most ``prefetch`` batches ahead of
-  the engine; preprocessing, the input check and the forward pass run batch by batch in the
-  caller's thread through :meth:`Predictor.predict_many`, so every rule of the single-image path
-  (gate, calibration, sets, policy) applies unchanged. Memory stays bounded by the prefetch.
+- **Overlap.** ``workers`` threads decode, check and preprocess files
+  (:meth:`Predictor.prepare`: the decoders and OpenCV release the GIL) at most ``prefetch``
+  batches ahead of the engine; the forward pass, gate, sets and policy run batch by batch in the
+  caller's thread through :meth:`Predictor.predict_prepared` — the very steps
+  :meth:`Predictor.predict_many` takes, so every rule of the single-image path applies
+  unchanged. Memory stays bounded by the prefetch.
 - **CSV as it goes.** After each batch its rows are appended (the same columns as
   :func:`medlens.prediction.write_predictions_csv`) and flushed: an interrupted run loses at
   most the batch in flight.
@@ -57,15 +58,6 @@ def already_done(out: Path, classes: Sequence[str]) -> set[str]:
         return {row[0] for row in csv.reader(fh) if row}
 
 
-def _decode(path: Path) -> Any:
-    from medlens.data.io import read_image
-
-    try:
-        return read_image(path)
-    except MedlensError as exc:
-        return exc
-
-
 def _batches(files: Sequence[Path], size: int) -> Iterator[list[Path]]:
     for i in range(0, len(files), size):
         yield list(files[i : i + size])
@@ -108,17 +100,17 @@ def predict_files(
         def submit() -> None:
             chunk = next(source, None)
             if chunk is not None:
-                pending.append((chunk, [pool.submit(_decode, f) for f in chunk]))
+                pending.append((chunk, [pool.submit(predictor.prepare, f) for f in chunk]))
 
         for _ in range(max(1, prefetch)):
             submit()
         while pending:
             chunk, futures = pending.popleft()
             submit()  # keep the decoders busy while this batch runs
-            decoded = [f.result() for f in futures]
-            readable = [d for d in decoded if not isinstance(d, MedlensError)]
-            preds = iter(predictor.predict_many(readable, batch_size=len(readable) or 1))
-            batch = [d if isinstance(d, MedlensError) else next(preds) for d in decoded]
+            # Decoding, the input check and preprocessing ran in the pool; only the forward
+            # pass, gate, sets and policy run here, on the whole batch at once.
+            prepared = [f.result() for f in futures]
+            batch = [r for r, _ in predictor.predict_prepared(prepared, [str(f) for f in chunk])]
             for f, r in zip(chunk, batch, strict=True):
                 if not isinstance(r, MedlensError):
                     r.source = str(f)

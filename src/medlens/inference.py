@@ -519,27 +519,40 @@ class Predictor:
         yields its error in place of a result."""
         return [r for r, _ in self._predict_batches(images, batch_size, progress)]
 
+    def prepare(self, image: Any) -> _Item | MedlensError:
+        """Decode, check gradability and preprocess one input: the part of a prediction that
+        needs no model, safe to run in worker threads so batch prediction can overlap it with
+        inference (:func:`medlens.batch_predict.predict_files`). An unreadable input gives its
+        error."""
+        try:
+            return self._prepare(image)
+        except MedlensError as exc:
+            return exc
+
+    def predict_prepared(
+        self, items: Sequence[_Item | MedlensError], sources: Sequence[str | None]
+    ) -> list[tuple[Prediction | MedlensError, dict[str, Any]]]:
+        """One forward pass over prepared inputs, then gate, sets and policy per input, exactly
+        as :meth:`predict`; returns ``(result, raw outputs)`` pairs in input order."""
+        ok = [it for it in items if isinstance(it, _Item)]
+        runs = iter(self._run(ok))
+        out: list[tuple[Prediction | MedlensError, dict[str, Any]]] = []
+        for it, src in zip(items, sources, strict=True):
+            if isinstance(it, MedlensError):
+                out.append((it, {}))
+                continue
+            run = next(runs)
+            out.append((self._result(it, run, src), run))
+        return out
+
     def _predict_batches(
         self, images: Sequence[Any], batch_size: int, progress: bool
     ) -> list[tuple[Prediction | MedlensError, dict[str, Any]]]:
         out: list[tuple[Prediction | MedlensError, dict[str, Any]]] = []
         for start in _track(range(0, len(images), batch_size), "Predicting", progress):
             chunk = images[start : start + batch_size]
-            items: list[_Item | MedlensError] = []
-            for img in chunk:
-                try:
-                    items.append(self._prepare(img))
-                except MedlensError as exc:
-                    items.append(exc)
-            ok = [it for it in items if isinstance(it, _Item)]
-            runs = iter(self._run(ok))
-            for img, it in zip(chunk, items, strict=True):
-                if isinstance(it, MedlensError):
-                    out.append((it, {}))
-                    continue
-                run = next(runs)
-                src = str(img) if isinstance(img, str | Path) else None
-                out.append((self._result(it, run, src), run))
+            sources = [str(img) if isinstance(img, str | Path) else None for img in chunk]
+            out += self.predict_prepared([self.prepare(img) for img in chunk], sources)
         return out
 
     def embed(
