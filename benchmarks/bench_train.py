@@ -169,9 +169,9 @@ def run_bare(recipe: Any, data: Any) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from medlens.train.dataset import Augment, CachedDataset, RecordDataset
-    from medlens.train.module import ClassifierModule
+    from medlens.train.dataset import CachedDataset, RecordDataset
     from medlens.train.request import class_weights
+    from medlens.train.trainer import classifier_module, recipe_augment
 
     cfg = recipe.train
     rows, labels = data.rows, data.labels
@@ -184,12 +184,7 @@ def run_bare(recipe: Any, data: Any) -> dict:
     else:
         train_ds = CachedDataset(data.cache.array, rows["train"], tr)
         val_ds = CachedDataset(data.cache.array, rows["val"], va)
-    pipeline = recipe.pipeline()
-    norm = next((s for s in pipeline.steps if getattr(s, "step", "") == "normalize"), None)
-    c = pipeline.output_channels
-    mean = list(norm.mean) if norm is not None else [0.0] * c
-    std = list(norm.std) if norm is not None else [1.0] * c
-    augment = Augment(cfg.augment, mean, std) if cfg.augment is not None else None
+    augment = recipe_augment(recipe)
     t0 = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -201,24 +196,7 @@ def run_bare(recipe: Any, data: Any) -> dict:
         generator=gen,
     )
     val_dl = DataLoader(val_ds, batch_size=recipe.evaluate.batch_size, shuffle=False)
-    module = ClassifierModule(
-        model_name=recipe.model.name,
-        num_classes=len(recipe.task.classes),
-        in_chans=recipe.in_chans(),
-        model_kwargs=recipe.model_kwargs(),
-        pretrained=recipe.model.pretrained,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_epochs=cfg.warmup_epochs,
-        loss=cfg.loss,
-        class_weights=class_weights(recipe, tr),
-        label_smoothing=cfg.label_smoothing,
-        focal_gamma=cfg.focal_gamma,
-        steps_per_epoch=len(train_dl),
-        epochs=cfg.epochs,
-        heads={h: {"type": v.type, "weight": v.weight} for h, v in recipe.task.heads.items()},
-        class_weight=recipe.task.class_weight,
-    )
+    module = classifier_module(recipe, class_weights(recipe, tr), len(train_dl))
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
     seen = 0

@@ -63,8 +63,7 @@ def fit(
     import torch
     from torch.utils.data import DataLoader
 
-    from medlens.train.dataset import Augment, CachedDataset, RecordDataset
-    from medlens.train.module import ClassifierModule
+    from medlens.train.dataset import CachedDataset, RecordDataset
     from medlens.train.runner import load_best, quiet_lightning, run_lightning
 
     quiet_lightning()
@@ -79,16 +78,10 @@ def fit(
     if data is None:
         data = prepare_split_data(recipe, manifest, splits, run_dir, progress)
     cache, rows, labels, excluded = data.cache, data.rows, data.labels, data.excluded
-    k = len(recipe.task.classes)
     train_labels = [labels[i] for i in rows["train"]]
     weights = class_weights(recipe, train_labels)
 
-    pipeline = recipe.pipeline()
-    norm = next((s for s in pipeline.steps if getattr(s, "step", "") == "normalize"), None)
-    c = pipeline.output_channels
-    mean = list(norm.mean) if norm is not None else [0.0] * c
-    std = list(norm.std) if norm is not None else [1.0] * c
-    augment = Augment(cfg.augment, mean, std) if cfg.augment is not None else None
+    augment = recipe_augment(recipe)
     val_labels = [labels[i] for i in rows["val"]]
     if data.targets or data.modal:
         train_ds: Any = RecordDataset(
@@ -123,24 +116,7 @@ def fit(
         steps_per_epoch = min(
             steps_per_epoch, int(lim) if isinstance(lim, int) else math.ceil(lim * steps_per_epoch)
         )
-    module = ClassifierModule(
-        model_name=recipe.model.name,
-        num_classes=k,
-        in_chans=recipe.in_chans(),
-        model_kwargs=recipe.model_kwargs(),
-        pretrained=recipe.model.pretrained,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_epochs=cfg.warmup_epochs,
-        loss=cfg.loss,
-        class_weights=weights,
-        label_smoothing=cfg.label_smoothing,
-        focal_gamma=cfg.focal_gamma,
-        steps_per_epoch=steps_per_epoch,
-        epochs=cfg.epochs,
-        heads={h: {"type": c.type, "weight": c.weight} for h, c in recipe.task.heads.items()},
-        class_weight=recipe.task.class_weight,
-    )
+    module = classifier_module(recipe, weights, steps_per_epoch)
     module.augment = augment
     if prepare is not None:
         prepare(module.model)
@@ -190,3 +166,45 @@ def fit(
         )
     model = load_best(module, best_path)
     return FitResult(model, best_path, best_score, epochs_run, resumed, excluded)
+
+
+def recipe_augment(recipe: Recipe) -> Any:
+    """The recipe's train-time augmentation (None when it names none), un-normalising with the
+    pipeline's own mean/std so photometric changes act on the image the model was given."""
+    from medlens.train.dataset import Augment
+
+    cfg = recipe.train
+    if cfg.augment is None:
+        return None
+    pipeline = recipe.pipeline()
+    norm = next((s for s in pipeline.steps if getattr(s, "step", "") == "normalize"), None)
+    c = pipeline.output_channels
+    mean = list(norm.mean) if norm is not None else [0.0] * c
+    std = list(norm.std) if norm is not None else [1.0] * c
+    return Augment(cfg.augment, mean, std)
+
+
+def classifier_module(recipe: Recipe, weights: list[float] | None, steps_per_epoch: int) -> Any:
+    """The Lightning module a recipe trains (model, loss, optimiser schedule): one place, so the
+    training benchmark's bare loop runs exactly what ``medlens train`` runs."""
+    from medlens.train.module import ClassifierModule
+
+    cfg = recipe.train
+    return ClassifierModule(
+        model_name=recipe.model.name,
+        num_classes=len(recipe.task.classes),
+        in_chans=recipe.in_chans(),
+        model_kwargs=recipe.model_kwargs(),
+        pretrained=recipe.model.pretrained,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_epochs=cfg.warmup_epochs,
+        loss=cfg.loss,
+        class_weights=weights,
+        label_smoothing=cfg.label_smoothing,
+        focal_gamma=cfg.focal_gamma,
+        steps_per_epoch=steps_per_epoch,
+        epochs=cfg.epochs,
+        heads={h: {"type": c.type, "weight": c.weight} for h, c in recipe.task.heads.items()},
+        class_weight=recipe.task.class_weight,
+    )
