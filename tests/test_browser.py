@@ -76,14 +76,7 @@ def test_signup_upload_result_pdf_history_logout(server, tmp_path):
     url = server["url"]
     problems: list[str] = []
     with sync_api.sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            accept_downloads=True,
-            viewport={"width": 1280, "height": 900},
-        )
+        ctx = _launch(pw, tmp_path)
         try:
             page = ctx.new_page()
             page.on("console", lambda m: m.type == "error" and problems.append(m.text))
@@ -298,13 +291,7 @@ def test_an_image_with_no_information_is_not_assessed_in_the_browser(server, tmp
     url = server["url"]
     problems: list[str] = []
     with sync_api.sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
+        ctx = _launch(pw, tmp_path)
         try:
             page = ctx.new_page()
             page.on("pageerror", lambda e: problems.append(str(e)))
